@@ -1,0 +1,143 @@
+"""Find the backend for a list of arrays without importing any framework.
+
+Like einops' ``_backends`` and array-api-compat: a framework can only have produced an array
+if it is already imported, so detection looks in ``sys.modules`` and never imports a
+framework to check. The answer is cached per array type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._protocol import ArrayBackend
+
+__all__ = ["BackendEntry", "backend_for", "get_backend", "register_backend", "registered_backends"]
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A registered backend: ``owns(x)`` says whether an array is this framework's
+    (looking only at ``sys.modules``); ``module`` is imported lazily and must define
+    ``BACKEND`` (an ``ArrayBackend``)."""
+
+    name: str
+    module: str
+    owns: Callable[[Any], bool]
+
+
+def _isinstance_of(module: str, attr: str) -> Callable[[Any], bool]:
+    def owns(x: Any) -> bool:
+        mod = sys.modules.get(module)
+        if mod is None:
+            return False
+        cls = getattr(mod, attr, None)
+        return cls is not None and isinstance(x, cls)
+
+    return owns
+
+
+# Order matters only for array types that subclass another framework's type (none today).
+_REGISTRY: dict[str, BackendEntry] = {}
+_TYPE_CACHE: dict[type, str] = {}
+_LOADED: dict[str, ArrayBackend] = {}
+
+
+def register_backend(name: str, module: str, owns: Callable[[Any], bool]) -> None:
+    """Register a backend under ``name``: ``module`` defines ``BACKEND``; ``owns(x)`` must
+    not import anything (look in ``sys.modules``). Re-registering a name replaces it."""
+    _REGISTRY[name] = BackendEntry(name, module, owns)
+    _TYPE_CACHE.clear()
+    _LOADED.pop(name, None)
+
+
+def registered_backends() -> list[str]:
+    """Names of the registered backends."""
+    return list(_REGISTRY)
+
+
+register_backend("numpy", "adagc.backends.numpy", _isinstance_of("numpy", "ndarray"))
+register_backend("torch", "adagc.backends.torch", _isinstance_of("torch", "Tensor"))
+register_backend("jax", "adagc.backends.jax", _isinstance_of("jax", "Array"))
+register_backend("paddle", "adagc.backends.paddle", _isinstance_of("paddle", "Tensor"))
+register_backend("cupy", "adagc.backends.cupy", _isinstance_of("cupy", "ndarray"))
+
+
+def get_backend(name_or_module: str | ArrayBackend) -> ArrayBackend:
+    """The backend for a registered name, a module path defining ``BACKEND`` (a third-party
+    backend), or a backend object (returned as is)."""
+    if not isinstance(name_or_module, str):
+        if not isinstance(name_or_module, ArrayBackend):
+            raise TypeError(
+                f"{name_or_module!r} does not implement the adagc ArrayBackend protocol "
+                "(see docs/porting.md)"
+            )
+        return name_or_module
+    if name_or_module in _LOADED:
+        return _LOADED[name_or_module]
+    entry = _REGISTRY.get(name_or_module)
+    module_path = entry.module if entry else name_or_module
+    try:
+        module = importlib.import_module(module_path)
+    except ImportError as exc:
+        known = ", ".join(_REGISTRY)
+        raise ImportError(
+            f"cannot load adagc backend {name_or_module!r} from module {module_path!r}: {exc}. "
+            f"Registered backends: {known}; install the matching extra, e.g. "
+            f"pip install 'adagc[{name_or_module}]'."
+        ) from exc
+    backend = getattr(module, "BACKEND", None)
+    if backend is None:
+        raise ImportError(f"module {module_path!r} defines no BACKEND object")
+    _LOADED[name_or_module] = backend
+    return backend
+
+
+def _name_for_type(x: Any) -> str:
+    cls = type(x)
+    name = _TYPE_CACHE.get(cls)
+    if name is None:
+        for entry in _REGISTRY.values():
+            if entry.owns(x):
+                name = entry.name
+                break
+        else:
+            raise TypeError(
+                f"adagc got an array of type {cls.__module__}.{cls.__qualname__}, which no "
+                f"registered backend ({', '.join(_REGISTRY)}) handles. Pass arrays of a "
+                "supported framework, or register a backend (docs/porting.md)."
+            )
+        _TYPE_CACHE[cls] = name
+    return name
+
+
+def backend_for(arrays: Sequence[Any], fallback: Sequence[Any] = ()) -> ArrayBackend:
+    """The one backend owning every non-``None`` array in ``arrays``.
+
+    ``fallback`` (e.g. the state's arrays) is consulted when every gradient is ``None``.
+    Mixed frameworks raise ``TypeError``.
+    """
+    names: dict[str, type] = {}
+    for x in arrays:
+        if x is not None:
+            names.setdefault(_name_for_type(x), type(x))
+    if not names:
+        for x in fallback:
+            if x is not None:
+                names.setdefault(_name_for_type(x), type(x))
+                break
+    if not names:
+        raise TypeError(
+            "cannot tell which framework to use: every gradient is None and there is no "
+            "state to infer it from; pass backend='numpy' (or 'torch', 'jax', ...)"
+        )
+    if len(names) > 1:
+        kinds = ", ".join(f"{n} ({t.__module__}.{t.__qualname__})" for n, t in names.items())
+        raise TypeError(
+            f"adagc got arrays of several frameworks in one call: {kinds}. "
+            "All gradients (and the state) must come from one framework."
+        )
+    return get_backend(next(iter(names)))

@@ -1,0 +1,49 @@
+"""Exceptions raised by adagc (SPEC §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["CheckpointMismatchError", "NonFiniteGradientError", "StateMismatchError"]
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient norm was NaN or Inf under ``nonfinite="raise"``.
+
+    The AdaGC state is left unchanged and the gradients are not modified.
+    ``tensors`` holds the names (or indices as strings) of the offending tensors.
+    """
+
+    def __init__(self, tensors: Sequence[str]) -> None:
+        self.tensors = list(tensors)
+        shown = ", ".join(self.tensors[:10]) + (" ..." if len(self.tensors) > 10 else "")
+        super().__init__(
+            f"non-finite gradient norm in {len(self.tensors)} tensor(s): {shown}. "
+            "The AdaGC state was left unchanged. Use nonfinite='propagate' to let an AMP "
+            "GradScaler / optax.apply_if_finite skip the step, or nonfinite='zero'."
+        )
+
+
+class StateMismatchError(ValueError):
+    """An ``AdaGCState`` does not match the gradients it is used with."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not match the live model: names, count or granularity differ."""
+
+    def __init__(
+        self, message: str, missing: Sequence[str] = (), unexpected: Sequence[str] = ()
+    ) -> None:
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        parts = [message]
+        if self.missing:
+            parts.append(f"missing from checkpoint: {_short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"not in the model: {_short(self.unexpected)}")
+        super().__init__("; ".join(parts))
+
+
+def _short(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,128 @@
+"""NumPy backend (float16, float32, float64; bfloat16 through ml_dtypes when installed).
+
+On the CPU there is nothing to sync, so ``scale`` reads the coefficients on the host and
+skips tensors whose coefficient is exactly 1 (SPEC §3 "skipping is allowed").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adagc._protocol import DType
+
+__all__ = ["BACKEND", "NumpyBackend"]
+
+_DTYPES: dict[str, Any] = {
+    "float16": np.float16,
+    "float32": np.float32,
+    "float64": np.float64,
+    "bool": np.bool_,
+    "int": np.int64,
+}
+
+
+class NumpyBackend:
+    """The ``ArrayBackend`` protocol for ``numpy.ndarray``."""
+
+    name = "numpy"
+    supports_inplace = True
+
+    def quiet(self) -> Any:
+        """Silence NumPy's NaN/Inf warnings during a step (non-finite steps are expected)."""
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+    def asarray(self, data: Any, dtype: DType, like: Any = None) -> np.ndarray:
+        return np.array(data, dtype=_DTYPES[dtype])
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.array(x, copy=True)
+
+    def dtype_name(self, x: np.ndarray) -> str:
+        return str(x.dtype.name)
+
+    def size(self, x: np.ndarray) -> int:
+        return int(x.size)
+
+    def device(self, x: np.ndarray) -> str:
+        return "cpu"
+
+    def sum_squares(self, tensors: Sequence[np.ndarray | None], dtype: DType) -> np.ndarray:
+        out = np.zeros(len(tensors), dtype=_DTYPES[dtype])
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, g in enumerate(tensors):
+                if g is None:
+                    continue
+                flat = g.reshape(-1)
+                if flat.dtype != np.float64 and flat.dtype != np.float32:
+                    flat = flat.astype(np.float32)  # float16 / bfloat16 accumulate in float32
+                out[i] = np.dot(flat, flat)  # BLAS dot: no temporary, no rescaling
+        return out
+
+    def scale(
+        self,
+        tensors: Sequence[np.ndarray | None],
+        coefficients: np.ndarray,
+        zero: np.ndarray | None,
+        inplace: bool,
+    ) -> list[np.ndarray | None]:
+        zero_all = zero is not None and bool(zero)
+        out: list[np.ndarray | None] = []
+        with np.errstate(over="ignore", invalid="ignore"):
+            for g, h in zip(tensors, coefficients.tolist()):
+                if g is None:
+                    out.append(None)
+                elif zero_all:
+                    if inplace:
+                        g[...] = 0
+                        out.append(g)
+                    else:
+                        out.append(np.zeros_like(g))
+                elif h == 1.0:
+                    out.append(g)  # nothing to do: not read, not written
+                elif inplace:
+                    g *= g.dtype.type(h)
+                    out.append(g)
+                else:
+                    out.append(g * g.dtype.type(h))
+        return out
+
+    def sqrt(self, x: Any) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return np.asarray(np.sqrt(x))
+
+    def minimum(self, a: Any, b: Any) -> np.ndarray:
+        return np.asarray(np.minimum(a, b))
+
+    def where(self, cond: Any, a: Any, b: Any) -> np.ndarray:
+        return np.where(cond, a, b)
+
+    def sum(self, x: Any) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(np.sum(x))
+
+    def all(self, x: Any) -> np.ndarray:
+        return np.asarray(np.all(x))
+
+    def isfinite(self, x: Any) -> np.ndarray:
+        return np.asarray(np.isfinite(x))
+
+    def logical_and(self, a: Any, b: Any) -> np.ndarray:
+        return np.asarray(np.logical_and(a, b))
+
+    def logical_or(self, a: Any, b: Any) -> np.ndarray:
+        return np.asarray(np.logical_or(a, b))
+
+    def logical_not(self, a: Any) -> np.ndarray:
+        return np.asarray(np.logical_not(a))
+
+    def astype(self, x: Any, dtype: DType) -> np.ndarray:
+        return np.asarray(x).astype(_DTYPES[dtype])
+
+    def stack(self, xs: Sequence[Any]) -> np.ndarray:
+        return np.stack([np.asarray(x) for x in xs])
+
+
+BACKEND = NumpyBackend()

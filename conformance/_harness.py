@@ -1,0 +1,158 @@
+"""How the conformance suite drives one backend.
+
+A backend is named by its registered name (``numpy``, ``torch``, ...) or by the module path
+of a third-party backend (a module defining ``BACKEND``). The module may also define, all
+optional:
+
+- ``CONFORMANCE_DTYPES``: the float dtypes to test (default ``("float32", "float64")``);
+- ``make_like(device) -> array``: an array on ``device`` (e.g. ``"cuda"``) that the suite passes
+  as ``like=`` when it creates arrays, for ``--device``;
+- ``jit_update(cfg) -> fn``: a compiled ``fn(grads, state) -> (clipped, state, stats)`` for
+  ``--jit`` (JAX).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import adagc
+from adagc._dispatch import _REGISTRY, get_backend
+from adagc._protocol import ArrayBackend
+
+__all__ = ["Harness", "assert_close", "make_harness", "tolerance"]
+
+_CACHE: dict[tuple[str, bool, str | None], Harness] = {}
+
+
+@dataclass
+class Harness:
+    """One backend under test, with helpers to move NumPy data in and out."""
+
+    name: str
+    backend: ArrayBackend
+    module: Any
+    dtypes: tuple[str, ...]
+    jit: bool = False
+    device: str | None = None
+    like: Any = None
+    _jitted: dict[Any, Callable[..., Any]] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        extra = "-jit" if self.jit else ""
+        extra += f"-{self.device}" if self.device else ""
+        return f"{self.name}{extra}"
+
+    # -- data in and out ---------------------------------------------------------------
+    def asarray(self, x: Any, dtype: str) -> Any:
+        """A backend array of ``dtype`` from NumPy data (``None`` stays ``None``)."""
+        if x is None:
+            return None
+        return self.backend.asarray(np.asarray(x, dtype=np.float64), dtype, like=self.like)  # type: ignore[arg-type]
+
+    def grads(self, arrays: Sequence[Any], dtype: str) -> list[Any]:
+        """Convert a list of NumPy arrays, keeping ``None`` and repeated objects (ties)."""
+        made: dict[int, Any] = {}
+        out = []
+        for a in arrays:
+            if a is None:
+                out.append(None)
+            else:
+                if id(a) not in made:
+                    made[id(a)] = self.asarray(a, dtype)
+                out.append(made[id(a)])
+        return out
+
+    def to_numpy(self, x: Any) -> Any:
+        return None if x is None else np.asarray(self.backend.to_numpy(x))
+
+    # -- the API under test --------------------------------------------------------------
+    def init(self, grads: Sequence[Any], cfg: adagc.AdaGCConfig) -> adagc.AdaGCState:
+        return adagc.init(grads, cfg, backend=self.backend)
+
+    def update(
+        self, grads: Sequence[Any], state: adagc.AdaGCState, cfg: adagc.AdaGCConfig, **kw: Any
+    ) -> tuple[list[Any], adagc.AdaGCState, adagc.AdaGCStats]:
+        if self.jit and not kw:
+            fn = self._jitted.get(cfg)
+            if fn is None:
+                fn = self._jitted[cfg] = self.module.jit_update(cfg)
+            clipped, state, stats = fn(list(grads), state)
+            return list(clipped), state, stats
+        return adagc.update(grads, state, cfg, backend=self.backend, **kw)
+
+    def state(self, step: int, gamma: Sequence[float], seen: Sequence[bool], dtype: str) -> Any:
+        """Build an ``AdaGCState`` from host values."""
+        b = self.backend
+        return adagc.AdaGCState(
+            step=b.asarray(step, "int", like=self.like),
+            gamma=b.asarray(list(gamma), dtype, like=self.like),  # type: ignore[arg-type]
+            seen=b.asarray(list(seen), "bool", like=self.like),
+        )
+
+    def host_state(self, state: adagc.AdaGCState) -> tuple[int, Any, Any]:
+        return (
+            int(self.to_numpy(state.step)),
+            self.to_numpy(state.gamma),
+            self.to_numpy(state.seen),
+        )
+
+
+def make_harness(name: str, jit: bool = False, device: str | None = None) -> Harness:
+    """The harness for a registered backend name or a third-party module path (cached)."""
+    key = (name, jit, device)
+    if key in _CACHE:
+        return _CACHE[key]
+    backend = get_backend(name)
+    module_path = _REGISTRY[name].module if name in _REGISTRY else name
+    module = importlib.import_module(module_path)
+    dtypes = tuple(getattr(module, "CONFORMANCE_DTYPES", ("float32", "float64")))
+    if jit and not hasattr(module, "jit_update"):
+        raise ValueError(f"backend {name!r} has no jit_update(cfg); --jit is not available")
+    like = None
+    if device is not None:
+        if not hasattr(module, "make_like"):
+            raise ValueError(f"backend {name!r} has no make_like(device); --device unsupported")
+        like = module.make_like(device)
+    h = Harness(name, backend, module, dtypes, jit=jit, device=device, like=like)
+    _CACHE[key] = h
+    return h
+
+
+def tolerance(dtype: str) -> float:
+    """rtol of the suite: 1e-12 for float64, 1e-5 for float32 (SPEC-level agreement)."""
+    return 1e-12 if dtype == "float64" else 1e-5
+
+
+def assert_close(
+    harness: Harness,
+    actual: Any,
+    expected: Any,
+    dtype: str,
+    *,
+    rtol: float | None = None,
+    atol: float = 0.0,
+    what: str = "value",
+) -> None:
+    """Compare a backend array with NumPy data; checks the framework, dtype and device too."""
+    b = harness.backend
+    if expected is None:
+        assert actual is None, f"{what}: expected None, got {type(actual).__name__}"
+        return
+    assert actual is not None, f"{what}: expected an array, got None"
+    owner = adagc._dispatch._name_for_type(actual)
+    assert get_backend(owner) is b, f"{what}: result is a {owner} array, not {b.name}"
+    assert b.dtype_name(actual) == dtype, f"{what}: dtype {b.dtype_name(actual)} != {dtype}"
+    if harness.like is not None:
+        assert b.device(actual) == b.device(harness.like), f"{what}: on the wrong device"
+    got = np.asarray(b.to_numpy(actual), dtype=np.float64)
+    exp = np.asarray(expected, dtype=np.float64)
+    assert got.shape == exp.shape, f"{what}: shape {got.shape} != {exp.shape}"
+    np.testing.assert_allclose(
+        got, exp, rtol=tolerance(dtype) if rtol is None else rtol, atol=atol, err_msg=what
+    )
