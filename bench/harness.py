@@ -1,0 +1,110 @@
+"""Interleaved timing of AdaGC against a framework's own clipping.
+
+A backend plug-in (``adagc.bench.backend_<name>``) defines ``PLUGIN``, an object with:
+
+- ``name``, ``baseline_name``, ``device``;
+- ``make_grads(shapes, seed) -> list``: gradients of the given shapes;
+- ``sync()``: wait for queued device work (no-op on the CPU);
+- ``baseline(grads)``: the framework's own global-norm clipping, in place where it is;
+- ``norms(grads) -> list[float]``: per-tensor norms (untimed; used to place thresholds);
+- ``make_state(grads, gamma, step)``: an ``AdaGCState`` with the given host values;
+- ``adagc(grads, state, cfg)``: one AdaGC step the way a user of that framework runs it;
+- optional ``peers() -> dict[str, callable(grads, state, cfg)]``: other implementations;
+- optional ``memory(fn) -> int | None``: extra bytes allocated at peak while ``fn()`` runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from adagc import AdaGCConfig
+
+from .gradsets import GradSet
+
+__all__ = ["Result", "load_plugin", "run_case"]
+
+CFG = AdaGCConfig(warmup_steps=10)
+SCENARIOS = {"steady": 0.2, "all-clipped": 1.0}
+"""Fraction of tensors above their threshold: about 20% after warmup, and the worst case."""
+
+
+@dataclass
+class Result:
+    backend: str
+    gradset: str
+    scenario: str
+    method: str
+    median_ms: float
+    baseline_ms: float
+    extra_mib: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.median_ms / self.baseline_ms
+
+
+def load_plugin(name: str) -> Any:
+    return importlib.import_module(f"adagc.bench.backend_{name}").PLUGIN
+
+
+def _timed(plugin: Any, fn: Callable[[], Any]) -> float:
+    plugin.sync()
+    t0 = time.perf_counter()
+    fn()
+    plugin.sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _thresholds(plugin: Any, grads: list[Any], fraction: float, step: int) -> Any:
+    """A post-warmup state in which ``fraction`` of the tensors lie 1% above their threshold
+    lambda_rel * gamma_i and the rest 25% below, so the clip pattern holds for the step."""
+    norms = plugin.norms(grads)
+    count = round(fraction * len(norms))
+    clipped = set(range(0, len(norms), max(1, len(norms) // max(count, 1)))[:count]) if count else set()
+    gamma = [n / CFG.lambda_rel * (0.99 if i in clipped else 1.25) for i, n in enumerate(norms)]
+    return plugin.make_state(grads, gamma, step)
+
+
+def run_case(
+    plugin: Any, gradset: GradSet, scenario: str, repeats: int, warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
+    fraction = SCENARIOS[scenario]
+    grads = plugin.make_grads(gradset.shapes, seed=0)
+    methods: dict[str, Callable[[Any], Any]] = {
+        "adagc": lambda state: plugin.adagc(grads, state, CFG),
+    }
+    for peer, fn in getattr(plugin, "peers", lambda: {})().items():
+        methods[peer] = lambda state, fn=fn: fn(grads, state, CFG)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    base: list[float] = []
+    for r in range(warmup + repeats):
+        # Interleave: baseline then each method, every round; the state is placed untimed.
+        tb = _timed(plugin, lambda: plugin.baseline(grads))
+        for m, fn in methods.items():
+            state = _thresholds(plugin, grads, fraction, CFG.warmup_steps)
+            t = _timed(plugin, lambda fn=fn, state=state: fn(state))
+            if r >= warmup:
+                times[m].append(t)
+        if r >= warmup:
+            base.append(tb)
+        if progress:
+            progress(f"{gradset.name} {scenario} round {r + 1}/{warmup + repeats}")
+    memory = getattr(plugin, "memory", None)
+    results = []
+    for m, fn in methods.items():
+        extra = None
+        if memory is not None:
+            state = _thresholds(plugin, grads, fraction, CFG.warmup_steps)
+            b = memory(lambda fn=fn, state=state: fn(state))
+            extra = None if b is None else b / 2**20
+        results.append(
+            Result(plugin.name, gradset.name, scenario, m, statistics.median(times[m]),
+                   statistics.median(base), extra)
+        )
+    return results

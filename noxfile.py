@@ -1,0 +1,105 @@
+"""Sessions: ``nox`` runs everything that works without a GPU (the README's test command).
+
+    nox -s lint typecheck tests package
+    nox -s conformance                  # every backend row of CONFORMANCE below
+    nox -s "conformance(backend='numpy')"
+
+Venvs are pip-based; ``constraints.txt`` pins the versions CI tests with. Rows marked
+``gpu=True`` are added only with ``ADAGC_GPU=1`` (CI has no GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = str(ROOT / "constraints.txt")
+RESULTS = ROOT / ".ci" / "results"
+PYTHON = "3.11"
+GPU = os.environ.get("ADAGC_GPU") == "1"
+
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+
+
+@dataclass(frozen=True)
+class Row:
+    """One conformance row: a backend, the extra that installs it, and suite options."""
+
+    name: str
+    backend: str
+    extra: str
+    args: tuple[str, ...] = ()
+    gpu: bool = False
+
+
+# Porting to a new framework = a backend module + one row here.
+CONFORMANCE = [
+    Row("numpy", "numpy", "test"),
+]
+ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
+
+
+def install(session: nox.Session, extras: str, *more: str) -> None:
+    """Install the project (editable) with ``extras`` under the CI constraints."""
+    session.install("-c", CONSTRAINTS, "-e", f".[{extras}]", *more)
+
+
+def junit(session: nox.Session) -> list[str]:
+    """pytest arguments writing a JUnit file that .ci/run sums up."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session.name)
+    return [f"--junitxml={RESULTS / safe}.xml", "-o", "junit_family=xunit2"]
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and format check."""
+    session.install("-c", CONSTRAINTS, "ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the package (frameworks not installed here are typed as Any)."""
+    install(session, "dev")
+    session.run("mypy", "adagc_core", "backends", "adapters", "conformance", "bench")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The core's own tests: packaging, import hygiene, config, spike score, checkpoints,
+    the porting example (array-api-strict) and the benchmark harness."""
+    install(session, "dev")
+    session.run("pytest", "tests", "-q", *junit(session), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("backend", list(ROWS))
+def conformance(session: nox.Session, backend: str) -> None:
+    """The shared conformance suite for one backend row."""
+    row = ROWS[backend]
+    install(session, row.extra)
+    session.run(
+        "python", "-m", "adagc.conformance", "--backend", row.backend, *row.args,
+        "--", "-q", *junit(session), *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def package(session: nox.Session) -> None:
+    """Build the wheel, install it (not editable) into this fresh venv, import every module."""
+    session.install("-c", CONSTRAINTS, "build")
+    dist = session.create_tmp()
+    session.run("python", "-m", "build", "--wheel", "--outdir", dist)
+    wheels = sorted(Path(dist).glob("adagc-*.whl"))
+    session.install("-c", CONSTRAINTS, str(wheels[-1]))
+    session.run("python", str(ROOT / "tests" / "check_wheel.py"), str(wheels[-1]))
+
+
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "package"]
