@@ -86,8 +86,16 @@ def conformance(session: nox.Session, backend: str) -> None:
     row = ROWS[backend]
     install(session, row.extra)
     session.run(
-        "python", "-m", "adagc.conformance", "--backend", row.backend, *row.args,
-        "--", "-q", *junit(session), *session.posargs,
+        "python",
+        "-m",
+        "adagc.conformance",
+        "--backend",
+        row.backend,
+        *row.args,
+        "--",
+        "-q",
+        *junit(session),
+        *session.posargs,
     )
 
 

@@ -161,9 +161,7 @@ def update(
             return result  # type: ignore[no-any-return]
         if fused:
             raise ValueError(f"the {xp.name} fused fast path cannot handle this call")
-    return generic_update(
-        grads, state, cfg, xp, inplace=inplace, reducer=reducer, names=names
-    )
+    return generic_update(grads, state, cfg, xp, inplace=inplace, reducer=reducer, names=names)
 
 
 def check_state(xp: ArrayBackend, state: AdaGCState, n_grads: int, cfg: AdaGCConfig) -> None:
@@ -252,18 +250,18 @@ def _generic_update(
         t = cfg.lambda_rel * gamma
         clip = xp.logical_and(xp.logical_and(g_obs, seen), global_norm > t)
         h_adapt = xp.where(clip, t / (global_norm + eps), 1.0)
-        gamma_a = xp.where(seen, beta * gamma + (1.0 - beta) * xp.minimum(global_norm, t),
-                           global_norm)
+        gamma_a = xp.where(
+            seen, beta * gamma + (1.0 - beta) * xp.minimum(global_norm, t), global_norm
+        )
         coef = xp.where(observed, xp.where(warm, h_warm, h_adapt), 1.0)
         gamma_new = xp.where(g_obs, xp.where(warm, gamma_w, gamma_a), gamma)
         seen_new = xp.logical_or(seen, g_obs)
 
-    if cfg.nonfinite == "raise":
-        # The one device-to-host read AdaGC makes, and only because the user asked for it.
-        if bool(xp.to_numpy(bad)):
-            finite = xp.to_numpy(xp.isfinite(sq))
-            labels = list(names) if names is not None else [str(i) for i in range(len(grads))]
-            raise NonFiniteGradientError([labels[i] for i, ok in enumerate(finite) if not ok])
+    # The one device-to-host read AdaGC makes, and only because the user asked for it.
+    if cfg.nonfinite == "raise" and bool(xp.to_numpy(bad)):
+        finite = xp.to_numpy(xp.isfinite(sq))
+        labels = list(names) if names is not None else [str(i) for i in range(len(grads))]
+        raise NonFiniteGradientError([labels[i] for i, ok in enumerate(finite) if not ok])
     applied = xp.where(bad, 0.0 if cfg.nonfinite == "zero" else 1.0, coef)
     num_clipped = xp.sum(xp.astype(xp.logical_and(coef < 1.0, xp.logical_not(bad)), "int"))
     new_state = AdaGCState(

@@ -15,6 +15,7 @@ from typing import Any
 from ._config import AdaGCConfig
 from ._dispatch import backend_for
 from ._errors import CheckpointMismatchError
+from ._protocol import DType
 from ._types import AdaGCState
 
 __all__ = ["FORMAT", "GLOBAL_KEY", "from_portable", "to_portable"]
@@ -93,7 +94,7 @@ def from_portable(
     step = checkpoint["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointMismatchError(f"checkpoint step must be an integer >= 0, got {step!r}")
-    dtype = "float64" if xp.dtype_name(like.gamma) == "float64" else "float32"
+    dtype: DType = "float64" if xp.dtype_name(like.gamma) == "float64" else "float32"
     return AdaGCState(
         step=xp.asarray(step, "int", like=like.gamma),
         gamma=xp.asarray([float(gamma_in[k]) for k in keys], dtype, like=like.gamma),

@@ -87,7 +87,9 @@ class AdaGCConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown AdaGCConfig field(s) {unknown}; known fields: {sorted(known)}")
+            raise ValueError(
+                f"unknown AdaGCConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
         return cls(**data)
 
 

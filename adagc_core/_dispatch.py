@@ -121,9 +121,12 @@ def backend_for(arrays: Sequence[Any], fallback: Sequence[Any] = ()) -> ArrayBac
     Mixed frameworks raise ``TypeError``.
     """
     names: dict[str, type] = {}
+    seen_types: dict[type, Any] = {}
     for x in arrays:
-        if x is not None:
-            names.setdefault(_name_for_type(x), type(x))
+        if x is not None and type(x) not in seen_types:
+            seen_types[type(x)] = x  # one lookup per distinct type, not per array
+    for cls, x in seen_types.items():
+        names.setdefault(_name_for_type(x), cls)
     if not names:
         for x in fallback:
             if x is not None:

@@ -24,6 +24,9 @@ _DTYPES: dict[str, Any] = {
 }
 
 
+_NAMES: dict[Any, str] = {}
+
+
 class NumpyBackend:
     """The ``ArrayBackend`` protocol for ``numpy.ndarray``."""
 
@@ -41,7 +44,11 @@ class NumpyBackend:
         return np.array(x, copy=True)
 
     def dtype_name(self, x: np.ndarray) -> str:
-        return str(x.dtype.name)
+        dt = x.dtype
+        name = _NAMES.get(dt)
+        if name is None:  # ``dtype.name`` is slow; cache it per dtype
+            name = _NAMES[dt] = str(dt.name)
+        return name
 
     def size(self, x: np.ndarray) -> int:
         return int(x.size)
@@ -50,16 +57,18 @@ class NumpyBackend:
         return "cpu"
 
     def sum_squares(self, tensors: Sequence[np.ndarray | None], dtype: DType) -> np.ndarray:
-        out = np.zeros(len(tensors), dtype=_DTYPES[dtype])
+        sums: list[Any] = []
+        dot, f32, f64 = np.dot, np.dtype(np.float32), np.dtype(np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
-            for i, g in enumerate(tensors):
+            for g in tensors:
                 if g is None:
+                    sums.append(0.0)
                     continue
                 flat = g.reshape(-1)
-                if flat.dtype != np.float64 and flat.dtype != np.float32:
+                if flat.dtype != f32 and flat.dtype != f64:
                     flat = flat.astype(np.float32)  # float16 / bfloat16 accumulate in float32
-                out[i] = np.dot(flat, flat)  # BLAS dot: no temporary, no rescaling
-        return out
+                sums.append(dot(flat, flat))  # BLAS dot: no temporary, no rescaling
+            return np.array(sums, dtype=_DTYPES[dtype])
 
     def scale(
         self,

@@ -113,7 +113,7 @@ def ref_update(
                 seen[0] = True
             else:
                 t = cfg.lambda_rel * gamma[0]
-                if G > t:
+                if t < G:
                     h = t / (G + eps)
                 gamma[0] = cfg.beta * gamma[0] + (1 - cfg.beta) * min(G, t)
         for i in range(T):
@@ -134,10 +134,11 @@ def ref_update(
 
     out: list[Any] = []
     for j, g in enumerate(grads):
+        first = twin[j]
         if g is None:
             out.append(None)
-        elif twin[j] is not None:
-            out.append(out[twin[j]])
+        elif first is not None:
+            out.append(out[first])
         elif not counted[j]:
             out.append(np.array(g, dtype=np.float64))  # empty
         elif nonfinite and cfg.nonfinite == "zero":

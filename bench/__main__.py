@@ -15,8 +15,11 @@ from .harness import SCENARIOS, load_plugin, run_case
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adagc.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m adagc.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--backend", required=True, help="numpy, torch, jax, paddle or cupy")
     p.add_argument("--sets", default="gpt2,small", help="comma list of: " + ", ".join(GRADSETS))
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="steady, all-clipped")
@@ -41,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             print(f"\r  {msg:<60}", end="", file=sys.stderr, flush=True)
 
-    print(f"# adagc.bench backend={ns.backend} device={plugin.device} "
-          f"python={platform.python_version()} machine={platform.machine()} "
-          f"repeats={ns.repeats}")
+    print(
+        f"# adagc.bench backend={ns.backend} device={plugin.device} "
+        f"python={platform.python_version()} machine={platform.machine()} "
+        f"repeats={ns.repeats}"
+    )
     print(f"# baseline: {plugin.baseline_name}")
-    header = f"{'set':<12} {'scenario':<12} {'method':<16} {'median ms':>10} {'baseline ms':>12} {'ratio':>7} {'extra MiB':>10}"
+    header = (
+        f"{'set':<12} {'scenario':<12} {'method':<16} {'median ms':>10} "
+        f"{'baseline ms':>12} {'ratio':>7} {'extra MiB':>10}"
+    )
     print(header)
     print("-" * len(header))
     for name in sets:
@@ -55,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
                 if show:
                     print("\r" + " " * 64 + "\r", end="", file=sys.stderr)
                 extra = "n/a" if r.extra_mib is None else f"{r.extra_mib:.1f}"
-                print(f"{r.gradset:<12} {r.scenario:<12} {r.method:<16} {r.median_ms:>10.3f} "
-                      f"{r.baseline_ms:>12.3f} {r.ratio:>7.3f} {extra:>10}", flush=True)
+                print(
+                    f"{r.gradset:<12} {r.scenario:<12} {r.method:<16} {r.median_ms:>10.3f} "
+                    f"{r.baseline_ms:>12.3f} {r.ratio:>7.3f} {extra:>10}",
+                    flush=True,
+                )
         print(f"# {gradset.name}: {gradset.describe()}")
     return 0
 

@@ -32,10 +32,18 @@ def gpt2_124m() -> GradSet:
     shapes: list[tuple[int, ...]] = [(v, d), (ctx, d)]
     for _ in range(layers):
         shapes += [
-            (d,), (d,),  # ln_1
-            (d, 3 * d), (3 * d,), (d, d), (d,),  # attn c_attn, c_proj
-            (d,), (d,),  # ln_2
-            (d, 4 * d), (4 * d,), (4 * d, d), (d,),  # mlp c_fc, c_proj
+            (d,),
+            (d,),  # ln_1
+            (d, 3 * d),
+            (3 * d,),
+            (d, d),
+            (d,),  # attn c_attn, c_proj
+            (d,),
+            (d,),  # ln_2
+            (d, 4 * d),
+            (4 * d,),
+            (4 * d, d),
+            (d,),  # mlp c_fc, c_proj
         ]
     shapes += [(d,), (d,)]  # ln_f
     return GradSet("gpt2-124m", tuple(shapes))

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from adagc import AdaGCConfig
@@ -52,6 +53,10 @@ def load_plugin(name: str) -> Any:
     return importlib.import_module(f"adagc.bench.backend_{name}").PLUGIN
 
 
+def _call_peer(fn: Callable[..., Any], grads: list[Any], state: Any) -> Any:
+    return fn(grads, state, CFG)
+
+
 def _timed(plugin: Any, fn: Callable[[], Any]) -> float:
     plugin.sync()
     t0 = time.perf_counter()
@@ -65,13 +70,19 @@ def _thresholds(plugin: Any, grads: list[Any], fraction: float, step: int) -> An
     lambda_rel * gamma_i and the rest 25% below, so the clip pattern holds for the step."""
     norms = plugin.norms(grads)
     count = round(fraction * len(norms))
-    clipped = set(range(0, len(norms), max(1, len(norms) // max(count, 1)))[:count]) if count else set()
+    clipped = (
+        set(range(0, len(norms), max(1, len(norms) // max(count, 1)))[:count]) if count else set()
+    )
     gamma = [n / CFG.lambda_rel * (0.99 if i in clipped else 1.25) for i, n in enumerate(norms)]
     return plugin.make_state(grads, gamma, step)
 
 
 def run_case(
-    plugin: Any, gradset: GradSet, scenario: str, repeats: int, warmup: int = 2,
+    plugin: Any,
+    gradset: GradSet,
+    scenario: str,
+    repeats: int,
+    warmup: int = 2,
     progress: Callable[[str], None] | None = None,
 ) -> list[Result]:
     fraction = SCENARIOS[scenario]
@@ -79,8 +90,8 @@ def run_case(
     methods: dict[str, Callable[[Any], Any]] = {
         "adagc": lambda state: plugin.adagc(grads, state, CFG),
     }
-    for peer, fn in getattr(plugin, "peers", lambda: {})().items():
-        methods[peer] = lambda state, fn=fn: fn(grads, state, CFG)
+    for peer, peer_fn in getattr(plugin, "peers", dict)().items():
+        methods[peer] = partial(_call_peer, peer_fn, grads)
     times: dict[str, list[float]] = {m: [] for m in methods}
     base: list[float] = []
     for r in range(warmup + repeats):
@@ -88,7 +99,7 @@ def run_case(
         tb = _timed(plugin, lambda: plugin.baseline(grads))
         for m, fn in methods.items():
             state = _thresholds(plugin, grads, fraction, CFG.warmup_steps)
-            t = _timed(plugin, lambda fn=fn, state=state: fn(state))
+            t = _timed(plugin, partial(fn, state))
             if r >= warmup:
                 times[m].append(t)
         if r >= warmup:
@@ -101,10 +112,17 @@ def run_case(
         extra = None
         if memory is not None:
             state = _thresholds(plugin, grads, fraction, CFG.warmup_steps)
-            b = memory(lambda fn=fn, state=state: fn(state))
+            b = memory(partial(fn, state))
             extra = None if b is None else b / 2**20
         results.append(
-            Result(plugin.name, gradset.name, scenario, m, statistics.median(times[m]),
-                   statistics.median(base), extra)
+            Result(
+                plugin.name,
+                gradset.name,
+                scenario,
+                m,
+                statistics.median(times[m]),
+                statistics.median(base),
+                extra,
+            )
         )
     return results

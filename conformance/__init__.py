@@ -18,7 +18,15 @@ from ._harness import Harness, assert_close, make_harness, tolerance
 SUITE_DIR = Path(__file__).parent / "suite"
 GOLDENS_DIR = Path(__file__).parent / "goldens"
 
-__all__ = ["GOLDENS_DIR", "SUITE_DIR", "Harness", "assert_close", "make_harness", "run", "tolerance"]
+__all__ = [
+    "GOLDENS_DIR",
+    "SUITE_DIR",
+    "Harness",
+    "assert_close",
+    "make_harness",
+    "run",
+    "tolerance",
+]
 
 
 def run(

@@ -58,7 +58,7 @@ class Harness:
     def grads(self, arrays: Sequence[Any], dtype: str) -> list[Any]:
         """Convert a list of NumPy arrays, keeping ``None`` and repeated objects (ties)."""
         made: dict[int, Any] = {}
-        out = []
+        out: list[Any] = []
         for a in arrays:
             if a is None:
                 out.append(None)

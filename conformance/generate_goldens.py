@@ -40,7 +40,14 @@ def encode_list(arrays: list[Any], round_inputs: bool = False) -> list[Any]:
             out.append({"tie": i})
         else:
             arr = np.asarray(a, dtype=np.float64)
-            out.append({"shape": list(arr.shape), "data": [_short(x) for x in arr.ravel()] if round_inputs else arr.ravel().tolist()})
+            out.append(
+                {
+                    "shape": list(arr.shape),
+                    "data": [_short(x) for x in arr.ravel()]
+                    if round_inputs
+                    else arr.ravel().tolist(),
+                }
+            )
     return out
 
 
@@ -89,7 +96,10 @@ def _margins_ok(grads: list[Any], state: RefState, cfg: AdaGCConfig) -> bool:
 
 
 def _trajectory(sc: Scenario, seed: int) -> dict[str, Any] | None:
-    steps = [decode_list(encode_list(s, round_inputs=True)) for s in sc.build(np.random.default_rng(seed))]
+    steps = [
+        decode_list(encode_list(s, round_inputs=True))
+        for s in sc.build(np.random.default_rng(seed))
+    ]
     state = ref_init(len(steps[0]), sc.cfg)
     records = []
     for grads in steps:

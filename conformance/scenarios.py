@@ -7,7 +7,7 @@ them through the naive reference and stores the trajectories in ``goldens/*.json
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +35,12 @@ def _normal(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> n
 SHAPES: list[tuple[int, ...]] = [(3, 4), (5,), (2, 3, 2), (7,)]
 
 
-def _steady(rng: np.random.Generator, n_steps: int, scales: list[float],
-            shapes: list[tuple[int, ...]] = SHAPES) -> list[Step]:
+def _steady(
+    rng: np.random.Generator,
+    n_steps: int,
+    scales: list[float],
+    shapes: Sequence[tuple[int, ...]] = SHAPES,
+) -> list[Step]:
     """Gradients whose norms drift slowly (0.6x .. 1.5x per step), like a real run."""
     steps = []
     for _ in range(n_steps):
@@ -157,6 +161,12 @@ SCENARIOS: list[Scenario] = [
         AdaGCConfig(**{**_BASE, "granularity": "global", "lambda_abs": 1.5}),  # type: ignore[arg-type]
         global_granularity,
     ),
-    Scenario("single_tensor", AdaGCConfig(**{**_BASE, "lambda_rel": 1.05, "beta": 0.98}), single_tensor),  # type: ignore[arg-type]
-    Scenario("thousand_tensors", AdaGCConfig(**{**_BASE, "warmup_steps": 2, "lambda_abs": 3.0}), thousand_tensors),  # type: ignore[arg-type]
+    Scenario(
+        "single_tensor", AdaGCConfig(**{**_BASE, "lambda_rel": 1.05, "beta": 0.98}), single_tensor
+    ),  # type: ignore[arg-type]
+    Scenario(
+        "thousand_tensors",
+        AdaGCConfig(**{**_BASE, "warmup_steps": 2, "lambda_abs": 3.0}),
+        thousand_tensors,
+    ),  # type: ignore[arg-type]
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from adagc.conformance.generate_goldens import decode_list
 GOLDEN_NAMES = sorted(p.stem for p in GOLDENS_DIR.glob("*.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_golden(name: str) -> dict[str, Any]:
     return json.loads((GOLDENS_DIR / f"{name}.json").read_text())
 
@@ -40,11 +40,17 @@ def expected_clipped(rec: dict[str, Any], grads_np: list[Any], nonfinite_policy:
     return out
 
 
-def check_tensors(h: Harness, actual: list[Any], expected: list[Any], dtype: str, what: str) -> None:
+def check_tensors(
+    h: Harness, actual: list[Any], expected: list[Any], dtype: str, what: str
+) -> None:
     assert len(actual) == len(expected), f"{what}: {len(actual)} outputs for {len(expected)} inputs"
     rtol = tolerance(dtype)
     for j, (a, e) in enumerate(zip(actual, expected)):
-        scale = 0.0 if e is None or np.size(e) == 0 else float(np.nanmax(np.abs(np.where(np.isfinite(e), e, 0))))
+        scale = (
+            0.0
+            if e is None or np.size(e) == 0
+            else float(np.nanmax(np.abs(np.where(np.isfinite(e), e, 0))))
+        )
         assert_close(h, a, e, dtype, rtol=rtol, atol=rtol * scale, what=f"{what}[{j}]")
 
 
@@ -62,11 +68,13 @@ def check_stats(h: Harness, stats: Any, exp: dict[str, Any], dtype: str, what: s
 
 
 def check_state(h: Harness, state: Any, exp: dict[str, Any], dtype: str, what: str) -> None:
-    step, gamma, seen = h.host_state(state)
+    step, _, seen = h.host_state(state)
     assert step == exp["step"], f"{what}: step {step} != {exp['step']}"
     assert_close(h, state.gamma, exp["gamma"], norm_dtype(dtype), what=f"{what} gamma")
     assert seen.tolist() == exp["seen"], f"{what}: seen {seen.tolist()} != {exp['seen']}"
 
 
-def random_grads(rng: np.random.Generator, shapes: list[tuple[int, ...]], scales: list[float]) -> list[Any]:
+def random_grads(
+    rng: np.random.Generator, shapes: list[tuple[int, ...]], scales: list[float]
+) -> list[Any]:
     return [rng.normal(0.0, s, size=shape) for shape, s in zip(shapes, scales)]

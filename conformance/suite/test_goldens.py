@@ -64,9 +64,19 @@ def test_goldens_cover_the_scenarios() -> None:
     """The SPEC's scenario list is all there (a missing golden file would silently shrink
     the parametrization above)."""
     required = {
-        "warmup_to_adaptive", "spike_one_tensor", "scale_spread", "zero_and_absent",
-        "first_seen_after_warmup", "warmup_zero", "nonfinite_propagate", "nonfinite_zero",
-        "nonfinite_raise", "tied", "empty", "global_granularity", "single_tensor",
+        "warmup_to_adaptive",
+        "spike_one_tensor",
+        "scale_spread",
+        "zero_and_absent",
+        "first_seen_after_warmup",
+        "warmup_zero",
+        "nonfinite_propagate",
+        "nonfinite_zero",
+        "nonfinite_raise",
+        "tied",
+        "empty",
+        "global_granularity",
+        "single_tensor",
         "thousand_tensors",
     }
     assert required <= set(GOLDEN_NAMES)

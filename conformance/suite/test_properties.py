@@ -47,7 +47,9 @@ def _run(h: Harness, dtype: str, cfg: AdaGCConfig, steps: list[list[np.ndarray]]
     return outs
 
 
-def _steps(seed: int, shapes: list[tuple[int, ...]], n: int, spread: float) -> list[list[np.ndarray]]:
+def _steps(
+    seed: int, shapes: list[tuple[int, ...]], n: int, spread: float
+) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     base = [float(10 ** rng.uniform(-spread, spread)) for _ in shapes]
     return [random_grads(rng, shapes, [b * rng.uniform(0.3, 3.0) for b in base]) for _ in range(n)]
@@ -55,7 +57,9 @@ def _steps(seed: int, shapes: list[tuple[int, ...]], n: int, spread: float) -> l
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31), shapes=shapes_st, cfg=cfg_st)
-def test_coefficients_in_unit_interval(harness: Harness, dtype: str, seed: int, shapes, cfg) -> None:
+def test_coefficients_in_unit_interval(
+    harness: Harness, dtype: str, seed: int, shapes, cfg
+) -> None:
     for _, _, _, _, stats in _run(harness, dtype, cfg, _steps(seed, shapes, 6, 2.0)):
         h = harness.to_numpy(stats.coefficients)
         assert np.all(h > 0) and np.all(h <= 1), h
@@ -63,7 +67,9 @@ def test_coefficients_in_unit_interval(harness: Harness, dtype: str, seed: int, 
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31), shapes=shapes_st, cfg=cfg_st)
-def test_adaptive_clipped_norm_bounded_by_threshold(harness: Harness, dtype: str, seed: int, shapes, cfg) -> None:
+def test_adaptive_clipped_norm_bounded_by_threshold(
+    harness: Harness, dtype: str, seed: int, shapes, cfg
+) -> None:
     assume(cfg.granularity == "tensor")
     rtol = tolerance(dtype) * 10
     for _, clipped, prev, _, stats in _run(harness, dtype, cfg, _steps(seed, shapes, 7, 1.0)):
@@ -79,7 +85,9 @@ def test_adaptive_clipped_norm_bounded_by_threshold(harness: Harness, dtype: str
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31), shapes=shapes_st, c=st.floats(1e-2, 1e2))
-def test_adaptive_phase_is_scale_invariant(harness: Harness, dtype: str, seed: int, shapes, c: float) -> None:
+def test_adaptive_phase_is_scale_invariant(
+    harness: Harness, dtype: str, seed: int, shapes, c: float
+) -> None:
     """Scaling gradients and gamma by c > 0 keeps the coefficients and scales outputs and
     the new gamma by c (eps is made negligible)."""
     cfg = AdaGCConfig(warmup_steps=0, eps=1e-300, beta=0.9)  # n + eps == n
@@ -109,7 +117,9 @@ def test_adaptive_phase_is_scale_invariant(harness: Harness, dtype: str, seed: i
     policy=st.sampled_from(["propagate", "zero"]),
     at=st.integers(0, 4),
 )
-def test_nonfinite_step_leaves_state_unchanged(harness: Harness, dtype: str, seed: int, shapes, bad, policy, at) -> None:
+def test_nonfinite_step_leaves_state_unchanged(
+    harness: Harness, dtype: str, seed: int, shapes, bad, policy, at
+) -> None:
     cfg = AdaGCConfig(warmup_steps=2, nonfinite=policy)
     steps = _steps(seed, shapes, 5, 1.0)
     steps[at][0] = steps[at][0].copy()
@@ -134,7 +144,9 @@ def test_nonfinite_step_leaves_state_unchanged(harness: Harness, dtype: str, see
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31), shapes=shapes_st, cfg=cfg_st)
-def test_matches_reference_on_random_runs(harness: Harness, dtype: str, seed: int, shapes, cfg) -> None:
+def test_matches_reference_on_random_runs(
+    harness: Harness, dtype: str, seed: int, shapes, cfg
+) -> None:
     """Differential test against the naive reference over several steps."""
     steps = _steps(seed, shapes, 6, 1.5)
     ref_state = ref_init(len(shapes), cfg)
@@ -145,7 +157,9 @@ def test_matches_reference_on_random_runs(harness: Harness, dtype: str, seed: in
         # Skip examples whose clip decisions sit within float32 rounding of a threshold.
         if dtype != "float64":
             t = np.array(ref_state.gamma) * cfg.lambda_rel
-            n = np.array(ref_stats.norms if cfg.granularity == "tensor" else [ref_stats.global_norm])
+            n = np.array(
+                ref_stats.norms if cfg.granularity == "tensor" else [ref_stats.global_norm]
+            )
             assume(np.all(np.abs(n - t) > 1e-3 * np.maximum(t, 1e-30)))
             assume(abs(ref_stats.global_norm - cfg.lambda_abs) > 1e-3 * cfg.lambda_abs)
         grads = harness.grads(grads_np, dtype)

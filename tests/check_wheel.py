@@ -1,0 +1,45 @@
+"""Run by ``nox -s package`` in a venv where only the built wheel is installed: the wheel maps
+everything under ``adagc``, ships py.typed and the goldens, and every public module imports."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import pkgutil
+import sys
+import zipfile
+
+OPTIONAL = {"torch", "jax", "optax", "paddle", "cupy", "matplotlib", "tqdm", "pytest", "hypothesis"}
+
+
+def main(wheel: str) -> int:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"adagc"}, f"wheel installs top-level {sorted(tops)}; only 'adagc' is allowed"
+    assert "adagc/py.typed" in names, "py.typed missing"
+    assert any(n.startswith("adagc/conformance/goldens/") and n.endswith(".json") for n in names)
+    eps = {e.name: e.value for e in md.entry_points(group="pytest11")}
+    assert eps.get("adagc_conformance") == "adagc.conformance.plugin", eps
+    import adagc
+
+    assert "site-packages" in adagc.__file__, f"imported from {adagc.__file__}, not the wheel"
+    imported, skipped = [], []
+    for mod in pkgutil.walk_packages(adagc.__path__, "adagc."):
+        if mod.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(mod.name)
+            imported.append(mod.name)
+        except ImportError as exc:  # modules of frameworks this venv has not installed
+            missing = (exc.name or "").split(".")[0]
+            if missing not in OPTIONAL:
+                raise
+            skipped.append(f"{mod.name} (needs {missing})")
+    print(f"imported {len(imported)} modules from the wheel: {', '.join(imported)}")
+    if skipped:
+        print(f"skipped (optional framework not installed): {', '.join(skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
