@@ -152,6 +152,7 @@ def update(
         raise TypeError(
             f"the {xp.name} backend has immutable arrays; call update(..., inplace=False)"
         )
+    check_state(xp, state, len(grads), cfg)  # before any fast path sees the state
     fast = getattr(xp, "fused_update", None)
     if fused and fast is None:
         raise ValueError(f"the {xp.name} backend has no fused fast path; use fused=None/False")
