@@ -33,7 +33,7 @@ class Layout:
     """Static facts about one list of gradients (no array values are read)."""
 
     used: list[Array | None]
-    """The gradients that take part: ``None`` for absent, empty and repeated (tied) ones."""
+    """The gradients that take part: ``None`` for absent and repeated (tied) ones."""
     ties: list[tuple[int, int]]
     """``(j, i)``: position j holds the same object as the earlier position i."""
     all_float64: bool
@@ -57,25 +57,30 @@ def inspect_gradients(xp: ArrayBackend, grads: Sequence[Array | None]) -> Layout
     used: list[Array | None] = []
     ties: list[tuple[int, int]] = []
     first: dict[int, int] = {}
-    all_f64 = True
+    by_dtype: dict[Any, int] = {}
+    # One tight loop: with thousands of small tensors this runs on every step. Empty tensors
+    # need no case of their own: their sum of squares is 0, so they are "not observed".
+    setdefault, dtype_first = first.setdefault, by_dtype.setdefault
     for j, g in enumerate(grads):
         if g is None:
             used.append(None)
             continue
-        dtype = xp.dtype_name(g)
-        if dtype not in _FLOAT_DTYPES:
-            raise TypeError(
-                f"gradient {j} has dtype {dtype}; AdaGC clips floating-point gradients "
-                f"({', '.join(sorted(_FLOAT_DTYPES))})"
-            )
-        i = first.setdefault(id(g), j)
+        i = setdefault(id(g), j)
         if i != j:
             ties.append((j, i))
             used.append(None)
             continue
-        all_f64 = all_f64 and dtype == "float64"
-        used.append(g if xp.size(g) > 0 else None)
-    return Layout(used, ties, all_f64)
+        dtype_first(g.dtype, j)  # names are looked up once per distinct dtype, below
+        used.append(g)
+    names = {xp.dtype_name(grads[j]): j for j in by_dtype.values()}
+    bad = set(names) - _FLOAT_DTYPES
+    if bad:
+        j = min(names[n] for n in bad)
+        raise TypeError(
+            f"gradient {j} has dtype {xp.dtype_name(grads[j])}; AdaGC clips floating-point "
+            f"gradients ({', '.join(sorted(_FLOAT_DTYPES))})"
+        )
+    return Layout(used, ties, set(names) == {"float64"})
 
 
 def _resolve_backend(

@@ -5,7 +5,8 @@ multi-tensor: the two heavy operations take the whole list of gradients, so a ba
 fuse them (torch foreach, one XLA computation, CuPy kernels). Everything else works on small
 vectors of length T (one entry per tensor) and 0-d scalars.
 
-Besides the methods below, backend arrays must support Python's arithmetic and comparison
+Backend arrays must have a hashable ``.dtype`` attribute (the Array API standard's), and
+Python's arithmetic and comparison
 operators (``+ - * /``, ``< <= > >= ==``) with each other and with Python scalars, keeping the
 array's floating dtype (NumPy >= 2, torch, JAX and Paddle all do).
 

@@ -25,6 +25,7 @@ _DTYPES: dict[str, Any] = {
 
 
 _NAMES: dict[Any, str] = {}
+_BLAS_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
 
 
 class NumpyBackend:
@@ -58,16 +59,16 @@ class NumpyBackend:
 
     def sum_squares(self, tensors: Sequence[np.ndarray | None], dtype: DType) -> np.ndarray:
         sums: list[Any] = []
-        dot, f32, f64 = np.dot, np.dtype(np.float32), np.dtype(np.float64)
+        vdot, native = np.vdot, _BLAS_DTYPES
         with np.errstate(over="ignore", invalid="ignore"):
             for g in tensors:
                 if g is None:
                     sums.append(0.0)
-                    continue
-                flat = g.reshape(-1)
-                if flat.dtype != f32 and flat.dtype != f64:
-                    flat = flat.astype(np.float32)  # float16 / bfloat16 accumulate in float32
-                sums.append(dot(flat, flat))  # BLAS dot: no temporary, no rescaling
+                elif g.dtype in native:
+                    sums.append(vdot(g, g))  # BLAS dot: no temporary, no rescaling
+                else:  # float16 / bfloat16 accumulate in float32
+                    flat = g.astype(np.float32)
+                    sums.append(vdot(flat, flat))
             return np.array(sums, dtype=_DTYPES[dtype])
 
     def scale(
@@ -92,10 +93,10 @@ class NumpyBackend:
                 elif h == 1.0:
                     out.append(g)  # nothing to do: not read, not written
                 elif inplace:
-                    g *= g.dtype.type(h)
+                    g *= h  # a Python float keeps g's dtype (NEP 50) and is the fastest form
                     out.append(g)
                 else:
-                    out.append(g * g.dtype.type(h))
+                    out.append(g * h)
         return out
 
     def sqrt(self, x: Any) -> np.ndarray:

@@ -35,7 +35,7 @@ class NumpyPlugin:
         norms = [math.sqrt(float(np.dot(g.ravel(), g.ravel()))) for g in grads]
         coef = min(self.max_norm / (math.sqrt(sum(n * n for n in norms)) + 1e-6), 1.0)
         for g in grads:
-            g *= np.float32(coef)
+            g *= coef  # a Python float: NumPy's fastest in-place scale, dtype kept
 
     def norms(self, grads: list[np.ndarray]) -> list[float]:
         return np.sqrt(BACKEND.sum_squares(grads, "float32")).tolist()
