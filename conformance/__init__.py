@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+def _plugin_installed() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.value == "adagc.conformance.plugin" for ep in entry_points(group="pytest11"))
+
+
 def run(
     backends: list[str],
     *,
@@ -40,6 +46,8 @@ def run(
     import pytest
 
     args = [str(SUITE_DIR), "-p", "no:cacheprovider", "--rootdir", str(SUITE_DIR)]
+    if not _plugin_installed():  # e.g. run from a source tree that was never pip-installed
+        args += ["-p", "adagc.conformance.plugin"]
     for b in backends:
         args += ["--adagc-backend", b]
     if jit:
