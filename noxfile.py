@@ -100,6 +100,13 @@ def conformance(session: nox.Session, backend: str) -> None:
     )
 
 
+@nox.session(python=PYTHON, name="torch")
+def torch_adapter(session: nox.Session) -> None:
+    """The PyTorch adapter: clip_/attach, checkpoints, GradScaler, torch.compile, optimizers."""
+    install(session, "torch,test")
+    session.run("pytest", "tests/torch", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
@@ -111,4 +118,4 @@ def package(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "check_wheel.py"), str(wheels[-1]))
 
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "package"]
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "torch", "package"]
