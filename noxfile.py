@@ -103,7 +103,7 @@ def conformance(session: nox.Session, backend: str) -> None:
 @nox.session(python=PYTHON, name="torch")
 def torch_adapter(session: nox.Session) -> None:
     """The PyTorch adapter: clip_/attach, checkpoints, GradScaler, torch.compile, optimizers."""
-    install(session, "torch,test")
+    install(session, "torch,test", "pytorch-optimizer")  # the peer compared in tests/torch
     session.run("pytest", "tests/torch", "-q", *junit(session), *session.posargs)
 
 

@@ -52,6 +52,20 @@ def _groups(tensors: Sequence[torch.Tensor | None]) -> dict[tuple[Any, Any], lis
     return groups
 
 
+_INDEX_CACHE: dict[tuple[Any, tuple[int, ...]], torch.Tensor] = {}
+
+
+def _index(idx: list[int], device: torch.device) -> torch.Tensor:
+    """Index tensors are built once per layout and device (no host-to-device copy per step)."""
+    key = (device, tuple(idx))
+    t = _INDEX_CACHE.get(key)
+    if t is None:
+        if len(_INDEX_CACHE) > 64:
+            _INDEX_CACHE.clear()
+        t = _INDEX_CACHE[key] = torch.tensor(idx, dtype=torch.long, device=device)
+    return t
+
+
 class TorchBackend:
     """The ``ArrayBackend`` protocol for ``torch.Tensor``."""
 
@@ -82,19 +96,21 @@ class TorchBackend:
 
     def sum_squares(self, tensors: Sequence[torch.Tensor | None], dtype: DType) -> torch.Tensor:
         out_dtype = _DTYPES[dtype]
-        values: list[torch.Tensor | None] = [None] * len(tensors)
-        device = None
-        for (dev, dt), idx in _groups(tensors).items():
+        groups = _groups(tensors)
+        parts = []
+        for (_, dt), idx in groups.items():
             group = [tensors[i] for i in idx]
             acc = torch.float32 if dt in _HALF else None
             norms = torch._foreach_norm(group, 2, dtype=acc)  # type: ignore[arg-type]
             sq = torch.stack(norms).to(out_dtype)
-            sq = sq * sq  # squares of norms: Inf where the sum overflowed
-            for i, v in zip(idx, sq.unbind()):
-                values[i] = v
-            device = dev if device is None else device
-        zero = torch.zeros((), dtype=out_dtype, device=device)
-        return torch.stack([zero if v is None else v.to(zero.device) for v in values])
+            parts.append((idx, sq * sq))  # squares of norms: Inf where the sum overflowed
+        idx0, sq0 = parts[0]
+        if len(parts) == 1 and len(idx0) == len(tensors):
+            return sq0  # the common case: one group, every tensor present, in order
+        out = torch.zeros(len(tensors), dtype=out_dtype, device=sq0.device)
+        for idx, sq in parts:
+            out[_index(idx, out.device)] = sq.to(out.device)
+        return out
 
     def scale(
         self,
@@ -130,7 +146,7 @@ class TorchBackend:
         # Accelerators: no host read. Each tensor times its own 0-d coefficient on the device.
         for (_, dt), idx in _groups(tensors).items():
             group = [tensors[i] for i in idx]
-            coefs = list(coefficients[idx].to(dt).unbind())
+            coefs = list(coefficients[_index(idx, coefficients.device)].to(dt).unbind())
             with torch.no_grad():
                 if inplace:
                     torch._foreach_mul_(group, coefs)  # type: ignore[arg-type]
