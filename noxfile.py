@@ -69,7 +69,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy on the package (frameworks not installed here are typed as Any)."""
     install(session, "dev")
-    session.run("mypy", "adagc_core", "backends", "adapters", "conformance", "bench")
+    session.run("mypy", "adagc_core", "backends", "adapters", "conformance", "bench", "lab")
 
 
 @nox.session(python=PYTHON)
@@ -107,6 +107,20 @@ def torch_adapter(session: nox.Session) -> None:
     session.run("pytest", "tests/torch", "-q", *junit(session), *session.posargs)
 
 
+@nox.session(python=PYTHON, name="distributed-torch")
+def distributed_torch(session: nox.Session) -> None:
+    """Real torch.distributed (gloo, spawned ranks): DDP, FSDP2 exact/local, TP, DCP resume."""
+    install(session, "torch,test")
+    session.run("pytest", "tests/torch_distributed", "-q", *junit(session), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lab(session: nox.Session) -> None:
+    """The spike lab: fault plans, bad arguments, and a smoke run of adagc-lab."""
+    install(session, "lab,test")
+    session.run("pytest", "tests/lab", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
@@ -118,4 +132,13 @@ def package(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "check_wheel.py"), str(wheels[-1]))
 
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "torch", "package"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "conformance",
+    "torch",
+    "distributed-torch",
+    "lab",
+    "package",
+]

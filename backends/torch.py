@@ -145,9 +145,10 @@ class TorchBackend:
             return out
         # Accelerators: no host read. Each tensor times its own 0-d coefficient on the device.
         for (_, dt), idx in _groups(tensors).items():
-            group = [tensors[i] for i in idx]
+            group: list[torch.Tensor] = [t for t in (tensors[i] for i in idx) if t is not None]
             coefs = list(coefficients[_index(idx, coefficients.device)].to(dt).unbind())
             with torch.no_grad():
+                res: list[torch.Tensor]
                 if inplace:
                     torch._foreach_mul_(group, coefs)  # type: ignore[arg-type]
                     res = group

@@ -36,7 +36,7 @@ class TorchPlugin:
             p = torch.nn.Parameter(torch.empty(s, device=self.device))
             p.grad = torch.randn(s, generator=gen).to(self.device)
             self.params.append(p)
-        grads = [p.grad for p in self.params]
+        grads: list[torch.Tensor] = [p.grad for p in self.params if p.grad is not None]
         total = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
         self.max_norm = 0.99 * total  # the baseline clips by ~1% per call
         self.clipper = AdaGC(self.params, warmup_steps=10)

@@ -9,7 +9,18 @@ import pkgutil
 import sys
 import zipfile
 
-OPTIONAL = {"torch", "jax", "optax", "paddle", "cupy", "matplotlib", "tqdm", "pytest", "hypothesis"}
+OPTIONAL = {
+    "torch",
+    "zclip",
+    "jax",
+    "optax",
+    "paddle",
+    "cupy",
+    "matplotlib",
+    "tqdm",
+    "pytest",
+    "hypothesis",
+}
 
 
 def main(wheel: str) -> int:
