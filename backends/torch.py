@@ -134,13 +134,13 @@ class TorchBackend:
                 if g is not None and h[i] != 1.0:
                     groups[(g.device, g.dtype)].append(i)
             for idx in groups.values():
-                group = [tensors[i] for i in idx]
+                cpu_group = [tensors[i] for i in idx]
                 scalars = [h[i] for i in idx]
                 with torch.no_grad():
                     if inplace:
-                        torch._foreach_mul_(group, scalars)  # type: ignore[arg-type]
+                        torch._foreach_mul_(cpu_group, scalars)  # type: ignore[arg-type]
                     else:
-                        for i, r in zip(idx, torch._foreach_mul(group, scalars)):  # type: ignore[arg-type]
+                        for i, r in zip(idx, torch._foreach_mul(cpu_group, scalars)):  # type: ignore[arg-type]
                             out[i] = r
             return out
         # Accelerators: no host read. Each tensor times its own 0-d coefficient on the device.
