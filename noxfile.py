@@ -40,6 +40,7 @@ class Row:
 # Porting to a new framework = a backend module + one row here.
 CONFORMANCE = [
     Row("numpy", "numpy", "test"),
+    Row("paddle", "paddle", "paddle,test"),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
