@@ -101,6 +101,29 @@ def conformance(session: nox.Session, backend: str) -> None:
 
 
 @nox.session(python=PYTHON)
+def paddle(session: nox.Session) -> None:
+    """PaddlePaddle: backend, ClipGradByAdaGC (parity with ClipGradByGlobalNorm, GradScaler,
+    checkpoints, bad input), data/tensor parallel with real gloo processes; then the
+    conformance suite once more on the accelerator code path, forced on the CPU."""
+    install(session, "paddle,test")
+    session.run("pytest", "tests/paddle", "-q", *junit(session), *session.posargs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "python",
+        "-m",
+        "adagc.conformance",
+        "--backend",
+        "paddle",
+        "--",
+        "-q",
+        f"--junitxml={RESULTS / 'paddle-device-path'}.xml",
+        "-o",
+        "junit_family=xunit2",
+        env={"ADAGC_PADDLE_HOST_SKIP": "0"},
+    )
+
+
+@nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
     session.install("-c", CONSTRAINTS, "build")
@@ -111,4 +134,4 @@ def package(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "check_wheel.py"), str(wheels[-1]))
 
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "package"]
+nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "paddle", "package"]
