@@ -123,6 +123,14 @@ def paddle(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON, name="cross-framework")
+def cross_framework(session: nox.Session) -> None:
+    """The same gradients through the PyTorch, JAX/optax and Paddle adapters give the same
+    result; an adagc/1 checkpoint moves a run between them."""
+    install(session, "torch,jax,paddle,test")
+    session.run("pytest", "tests/cross_framework", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
@@ -134,4 +142,12 @@ def package(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tests" / "check_wheel.py"), str(wheels[-1]))
 
 
-nox.options.sessions = ["lint", "typecheck", "tests", "conformance", "paddle", "package"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "tests",
+    "conformance",
+    "paddle",
+    "cross-framework",
+    "package",
+]
