@@ -58,6 +58,8 @@ class _Group:
     state: AdaGCState | None = None
     reducer: PaddleReducer | None = None
     shard: list[tuple[Any, ...]] = field(default_factory=list)
+    slot: dict[str, int] = field(default_factory=dict)
+    """name -> position in ``names`` (rebuilt when parameters join)."""
     float64: bool = False
     """Every registered parameter is float64 (gamma is then float64, as ``adagc.init`` does)."""
 
@@ -165,6 +167,7 @@ class ClipGradByAdaGC(ClipGradBase):
                 _check_param(p)
                 if _clips(p) and not p.stop_gradient and p.name not in self._group_of:
                     self._group_of[p.name] = len(self._groups)
+                    group.slot[p.name] = len(group.names)
                     group.names.append(p.name)
                     group.shard.append(self._shard_of(p))
                     dtypes.add(p.dtype)
@@ -176,20 +179,21 @@ class ClipGradByAdaGC(ClipGradBase):
             return ()
         return tuple(g for g in self.shard_groups(p) if g is not None)
 
-    def _group_for(self, params: list[Any]) -> _Group:
+    def _group_for(self, params: list[Any], names: list[str]) -> _Group:
         """The group these parameters belong to; unknown ones join it (lazily registered)."""
-        owners = {self._group_of[p.name] for p in params if p.name in self._group_of}
-        unknown = list({p.name: p for p in params if p.name not in self._group_of}.values())
+        group_of = self._group_of
+        owners = {group_of[n] for n in names if n in group_of}
+        unknown = {n: p for n, p in zip(names, params, strict=True) if n not in group_of}
         if len(owners) > 1:
             raise ValueError(
                 "ClipGradByAdaGC got the parameters of several groups in one call "
-                f"({sorted({p.name for p in params})[:5]} ...); pass it the same parameter "
-                "groups as the optimizer (parameters=...)"
+                f"({sorted(set(names))[:5]} ...); pass it the same parameter groups as the "
+                "optimizer (parameters=...)"
             )
         if unknown and self._fixed:
             raise ValueError(
-                f"parameters {[p.name for p in unknown][:10]} were not in the parameters= "
-                "given to ClipGradByAdaGC; give it the same parameters as the optimizer"
+                f"parameters {list(unknown)[:10]} were not in the parameters= given to "
+                "ClipGradByAdaGC; give it the same parameters as the optimizer"
             )
         if owners:
             index = owners.pop()
@@ -198,33 +202,39 @@ class ClipGradByAdaGC(ClipGradBase):
             self._groups.append(_Group())
         group = self._groups[index]
         if unknown:
-            for p in unknown:
-                self._group_of[p.name] = index
-                group.names.append(p.name)
+            for n, p in unknown.items():
+                group_of[n] = index
+                group.names.append(n)
                 group.shard.append(self._shard_of(p))
             group.reducer = None
+            group.slot = {}
+        if not group.slot:
+            group.slot = {n: i for i, n in enumerate(group.names)}
         return group
 
     # -- the step --------------------------------------------------------------------------
     @paddle.no_grad()
     def _dygraph_clip(self, params_grads: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-        todo = []
-        for p, g in params_grads:
-            if g is None or not _clips(p):
-                continue
+        where, params, grads_in = [], [], []
+        for k, (p, g) in enumerate(params_grads):
+            if g is None or getattr(p, "need_clip", True) is False:
+                continue  # absent, or ParamAttr(need_clip=False): passed through untouched
             if g.is_selected_rows():
                 raise TypeError(
                     f"parameter {p.name} has a sparse (SelectedRows) gradient; AdaGC needs "
                     "dense gradients: build the layer with sparse=False"
                 )
-            todo.append((p, g))
-        if not todo:
+            where.append(k)
+            params.append(p)
+            grads_in.append(g)
+        if not params:
             return params_grads
-        group = self._group_for([p for p, _ in todo])
-        slot = {n: i for i, n in enumerate(group.names)}
+        names = [p.name for p in params]
+        group = self._group_for(params, names)
+        slots = [group.slot[n] for n in names]
         grads: list[Any] = [None] * len(group.names)
-        for p, g in todo:
-            grads[slot[p.name]] = g  # a parameter listed twice is one slot (tied)
+        for i, g in zip(slots, grads_in, strict=True):
+            grads[i] = g  # a parameter listed twice is one slot (tied)
         step = self._fast_step(grads) or _generic_update
         state = self._state_for(group, grads)
         clipped, state, stats = step(
@@ -232,10 +242,9 @@ class ClipGradByAdaGC(ClipGradBase):
         )
         group.state = state
         self.last_stats, self.last_names = stats, list(group.names)
-        out = []
-        for p, g in params_grads:
-            i = slot.get(p.name) if g is not None and _clips(p) else None
-            out.append((p, g if i is None else clipped[i]))
+        out = list(params_grads)
+        for k, p, i in zip(where, params, slots, strict=True):
+            out[k] = (p, clipped[i])
         return out
 
     def _state_for(self, group: _Group, grads: list[Any]) -> AdaGCState:
