@@ -27,23 +27,21 @@ class ByteModel(paddle.nn.Layer):
     """A byte-level next-character model; ``unused`` never gets a gradient and ``head``'s
     bias is excluded from clipping with ``need_clip=False``."""
 
-    def __init__(self, dtype: str = "float32") -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.embed = paddle.nn.Embedding(256, 16)
         self.hidden = paddle.nn.Linear(16, 32)
         self.head = paddle.nn.Linear(32, 256, bias_attr=paddle.ParamAttr(need_clip=False))
         self.unused = paddle.nn.Linear(4, 4)
-        if dtype != "float32":
-            self.to(dtype=dtype)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.head(paddle.nn.functional.gelu(self.hidden(self.embed(x))))
 
 
-def make_model(seed: int = 0, dtype: str = "float32") -> ByteModel:
+def make_model(seed: int = 0) -> ByteModel:
     paddle.seed(seed)
     with unique_name.guard():  # the same param.name in every model built here
-        return ByteModel(dtype)
+        return ByteModel()
 
 
 def batch(step: int, size: int = 64) -> tuple[paddle.Tensor, paddle.Tensor]:
