@@ -26,6 +26,7 @@ Bookkeeping (no algorithm logic here):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -274,7 +275,7 @@ class ClipGradByAdaGC(ClipGradBase):
         """The CuPy fused step for these gradients, or ``None`` for the generic path."""
         if self.fast_path is False:
             return None
-        on_gpu = all(g is None or g.place.is_gpu_place() for g in grads)
+        on_gpu = next(g for g in grads if g is not None).place.is_gpu_place()
         step = _cupy_fast_update() if on_gpu else None
         if self.fast_path and step is None:
             where = "CPU gradients" if not on_gpu else "this install (no CuPy fast path for Paddle)"
@@ -390,12 +391,14 @@ class ClipGradByAdaGC(ClipGradBase):
                 raise CheckpointMismatchError(
                     "a granularity='global' checkpoint holds one entry", [_GLOBAL]
                 )
-            value = (float(gamma[_GLOBAL]), bool(seen[_GLOBAL]), step)
+            value = (_host(gamma[_GLOBAL], float), _host(seen[_GLOBAL], bool), step)
             known = [n for g in self._groups for n in g.names]
             self._load({n: value for n in known} if known else {_GLOBAL: value})
             return
-        back = {_rename(n, names): n for n in self._group_of} if names else {}
-        self._load({back.get(k, k): (float(gamma[k]), bool(seen[k]), step) for k in gamma})
+        back = {new: old for old, new in names.items()} if names else {}
+        self._load(
+            {back.get(k, k): (_host(gamma[k], float), _host(seen[k], bool), step) for k in gamma}
+        )
 
     def _check_granularity(self, config: Mapping[str, Any]) -> None:
         saved = config.get("granularity", "tensor")
@@ -530,6 +533,7 @@ def _generic_update(
     )
 
 
+@functools.cache
 def _cupy_fast_update() -> Callable[..., Any] | None:
     """The plug point of the CuPy fused path for Paddle CUDA tensors: a callable with
     ``_generic_update``'s signature (zero-copy via DLPack, on Paddle's current stream), or

@@ -403,6 +403,17 @@ def test_portable_round_trip_with_structured_names() -> None:
     fresh = ClipGradByAdaGC(warmup_steps=2, parameters=model.parameters())
     fresh.from_portable(ckpt, names)
     assert_same_state(host_state(fresh), host_state(clip))
+    # Before the first step, without parameters=: kept, then applied by structured name.
+    pending = ClipGradByAdaGC(warmup_steps=2)
+    pending.from_portable(ckpt, names)
+    grads = [(p, paddle.zeros(p.shape)) for p in model.parameters() if p.name in names]
+    pending(grads)  # zero gradients: not observed, so the loaded state only gains a step
+    ((step, gamma, seen),) = host_state(pending)
+    ((ref_step, ref_gamma, ref_seen),) = host_state(clip)
+    assert step == ref_step + 1
+    ref = {n: (g, s) for n, g, s in zip(clip.last_names, ref_gamma, ref_seen, strict=True)}
+    for n, g, s in zip(pending.last_names, gamma, seen, strict=True):
+        assert (g, s) == ref[n], n
     # A portable checkpoint also goes through set_state_dict.
     again = ClipGradByAdaGC(warmup_steps=2, parameters=model.parameters())
     again.set_state_dict(clip.to_portable())
