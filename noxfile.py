@@ -40,6 +40,7 @@ class Row:
 # Porting to a new framework = a backend module + one row here.
 CONFORMANCE = [
     Row("numpy", "numpy", "test"),
+    Row("torch", "torch", "torch,test"),
     Row("paddle", "paddle", "paddle,test"),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
@@ -100,6 +101,13 @@ def conformance(session: nox.Session, backend: str) -> None:
     )
 
 
+@nox.session(python=PYTHON, name="torch")
+def torch_adapter(session: nox.Session) -> None:
+    """The PyTorch adapter: clip_/attach, checkpoints, GradScaler, torch.compile, optimizers."""
+    install(session, "torch,test")
+    session.run("pytest", "tests/torch", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def paddle(session: nox.Session) -> None:
     """PaddlePaddle: backend, ClipGradByAdaGC (parity with ClipGradByGlobalNorm, GradScaler,
@@ -147,6 +155,7 @@ nox.options.sessions = [
     "typecheck",
     "tests",
     "conformance",
+    "torch",
     "paddle",
     "cross-framework",
     "package",

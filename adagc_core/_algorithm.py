@@ -219,7 +219,10 @@ def _generic_update(
     eps, beta = cfg.eps, cfg.beta
 
     # Norms. Absent, empty and repeated tensors count 0, which makes them "not observed".
-    sq = xp.sum_squares(layout.used, dtype)
+    if any(u is not None for u in layout.used):
+        sq = xp.sum_squares(layout.used, dtype)
+    else:  # every gradient absent: the zeros must live where the state lives
+        sq = xp.asarray([0.0] * len(grads), dtype, like=gamma)
     if reducer is not None and cfg.shard_mode == "exact":
         sq = reducer.sum_squares(sq)  # one collective per process group: full-tensor norms
     g2 = xp.sum(sq)

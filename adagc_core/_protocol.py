@@ -44,7 +44,8 @@ class ArrayBackend(Protocol):
 
     # -- host <-> backend --------------------------------------------------------------
     def asarray(self, data: Any, dtype: DType, like: Array | None = None) -> Array:
-        """An array from host data (scalar, nested list or NumPy array), on ``like``'s device."""
+        """A new array from host data (scalar, nested list or NumPy array), on ``like``'s
+        device. It must not share memory with ``data``."""
         ...
 
     def to_numpy(self, x: Array) -> Any:

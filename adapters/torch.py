@@ -1,0 +1,260 @@
+"""PyTorch adapter: ``AdaGC``, a gradient clipper used like ``clip_grad_norm_``.
+
+    from adagc.adapters.torch import AdaGC
+
+    clipper = AdaGC(model.named_parameters(), lambda_rel=1.04, beta=0.99, warmup_steps=100)
+    loss.backward()
+    stats = clipper.clip_()          # clips every .grad in place; stats are tensors (no sync)
+    optimizer.step()
+
+    clipper.attach(optimizer)        # or: clip as an optimizer step pre-hook
+
+With AMP, clip after ``scaler.unscale_(optimizer)``: gamma_i is kept in true gradient units.
+The algorithm is in ``adagc.update``; this module only gathers ``.grad`` tensors, calls it
+in place and keeps the state.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+import adagc
+from adagc import AdaGCConfig, AdaGCState, AdaGCStats, CheckpointMismatchError
+
+__all__ = ["AdaGC"]
+
+_TORCH_FORMAT = "adagc-torch/1"
+
+
+def _collect(params: Any) -> tuple[list[str], list[torch.Tensor]]:
+    """Names and unique parameters from ``parameters()``, ``named_parameters()`` or param-group
+    dicts. A tensor listed twice (tied weights) is kept once, under its first name."""
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def add(name: str, p: Any) -> None:
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(
+                f"AdaGC expects torch tensors (model.parameters() or model.named_parameters()), "
+                f"got {type(p).__name__} for {name!r}"
+            )
+        if id(p) in seen:
+            return  # tied weight: clipped once, checkpointed under its first name
+        seen.add(id(p))
+        names.append(name)
+        tensors.append(p)
+
+    for k, item in enumerate(list(params)):
+        if isinstance(item, Mapping):  # a param group {"params": [...], ...}
+            if "params" not in item:
+                raise TypeError("a parameter group dict needs a 'params' entry")
+            group = item["params"]
+            group = [group] if isinstance(group, torch.Tensor) else list(group)
+            for j, p in enumerate(group):
+                if isinstance(p, tuple):
+                    add(str(p[0]), p[1])
+                else:
+                    add(f"group{k}.{j}", p)
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            add(item[0], item[1])
+        else:
+            add(str(len(names)), item)
+    if not tensors:
+        raise ValueError("AdaGC got an empty parameter list")
+    return names, tensors
+
+
+def _is_dtensor(g: Any) -> bool:
+    mod = sys.modules.get("torch.distributed.tensor")
+    cls = getattr(mod, "DTensor", None) if mod is not None else None
+    return cls is not None and isinstance(g, cls)
+
+
+class AdaGC:
+    """Adaptive per-tensor gradient clipping (AdaGC, arXiv 2502.11034) for PyTorch.
+
+    Args:
+        params: ``model.parameters()``, ``model.named_parameters()`` (names make checkpoints
+            portable across frameworks) or param-group dicts. Parameters without ``.grad`` on a
+            step (frozen, unused) are "absent": not clipped, their gamma unchanged.
+        lambda_rel: relative threshold lambda_rel (> 0); tensor i is clipped to
+            lambda_rel * gamma_i after warmup.
+        beta: EMA coefficient beta of gamma_i, ``0 <= beta < 1``.
+        warmup_steps: T_start, steps of global-norm clipping at ``lambda_abs`` first.
+        lambda_abs: max global norm during warmup (> 0).
+        eps: added to norms in denominators (> 0).
+        granularity: ``"tensor"`` (AdaGC) or ``"global"`` (the AdaGC-Global ablation).
+        shard_mode: ``"exact"`` (full-tensor norms for FSDP/TP DTensor gradients, one
+            collective per process group) or ``"local"`` (AdaGC-Shard).
+        nonfinite: ``"propagate"`` (default; leaves Inf/NaN for ``GradScaler`` to skip the step),
+            ``"zero"`` or ``"raise"``. The AdaGC state never changes on a non-finite step.
+        process_group: for sharded (DTensor) gradients, an explicit group (default: the
+            DTensor's mesh).
+        fast_path: ``None`` uses the fused CuPy kernels for CUDA gradients when CuPy is
+            installed; ``False`` always uses the generic torch path.
+
+    Attributes:
+        config: the validated ``AdaGCConfig``.
+        state: the current ``AdaGCState`` (tensors on the gradients' device).
+        names: parameter names in the order of ``state.gamma``.
+        last_stats: the ``AdaGCStats`` of the last ``clip_()`` (or ``None``).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lambda_rel: float = 1.04,
+        beta: float = 0.99,
+        warmup_steps: int = 100,
+        lambda_abs: float = 1.0,
+        eps: float = 1e-6,
+        granularity: str = "tensor",
+        shard_mode: str = "exact",
+        nonfinite: str = "propagate",
+        *,
+        process_group: Any = None,
+        fast_path: bool | None = None,
+    ) -> None:
+        self.config = AdaGCConfig(
+            lambda_rel=lambda_rel,
+            beta=beta,
+            warmup_steps=warmup_steps,
+            lambda_abs=lambda_abs,
+            eps=eps,
+            granularity=granularity,  # type: ignore[arg-type]
+            shard_mode=shard_mode,  # type: ignore[arg-type]
+            nonfinite=nonfinite,  # type: ignore[arg-type]
+        )
+        self.names, self.params = _collect(params)
+        if fast_path not in (None, True, False):
+            raise ValueError(f"fast_path must be None, True or False, got {fast_path!r}")
+        self.fast_path = fast_path
+        self.process_group = process_group
+        # gamma's dtype follows the parameters: float64 only for an all-float64 model.
+        self.state: AdaGCState = adagc.init(
+            [p.detach() for p in self.params], self.config, backend="torch"
+        )
+        self.last_stats: AdaGCStats | None = None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"AdaGC({len(self.params)} tensors, lambda_rel={c.lambda_rel}, beta={c.beta}, "
+            f"warmup_steps={c.warmup_steps}, lambda_abs={c.lambda_abs}, "
+            f"granularity={c.granularity!r})"
+        )
+
+    @torch.no_grad()
+    def clip_(self) -> AdaGCStats:
+        """Clip every parameter's ``.grad`` in place; return this step's ``AdaGCStats``."""
+        grads: list[Any] = []
+        for name, p in zip(self.names, self.params):
+            g = p.grad
+            if g is not None and g.is_sparse:
+                raise TypeError(f"AdaGC does not support sparse gradients ({name!r})")
+            grads.append(g)
+        reducer = None
+        if any(_is_dtensor(g) for g in grads):
+            from adagc.adapters._torch_distributed import localize
+
+            grads, reducer = localize(self.params, grads, self.process_group)
+        self._follow_device(grads)
+        _, self.state, stats = adagc.update(
+            grads,
+            self.state,
+            self.config,
+            backend="torch",
+            inplace=True,
+            reducer=reducer,
+            names=self.names,
+        )
+        self.last_stats = stats
+        return stats
+
+    def _follow_device(self, grads: list[Any]) -> None:
+        """Move the state to the gradients' device (e.g. the model moved after construction).
+        Devices are static metadata: no sync."""
+        g = next((g for g in grads if g is not None), None)
+        if g is not None and g.device != self.state.gamma.device:
+            self.state = AdaGCState(*(t.to(g.device) for t in self.state))
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Clip before every ``optimizer.step()`` (an optimizer step pre-hook). Returns the
+        removable handle: ``handle.remove()`` detaches."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            kind = type(optimizer).__name__
+            raise TypeError(f"attach() needs a torch.optim.Optimizer, got {kind}")
+
+        def hook(opt: Any, args: Any, kwargs: Any) -> None:  # a pre-hook must return None
+            self.clip_()
+
+        return optimizer.register_step_pre_hook(hook)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The state in torch's idiom: tensors plus plain values (``torch.save``-able and
+        ``torch.distributed.checkpoint``-friendly)."""
+        return {
+            "format": _TORCH_FORMAT,
+            "config": self.config.to_dict(),
+            "names": list(self.names),
+            "step": self.state.step.clone(),
+            "gamma": self.state.gamma.clone(),
+            "seen": self.state.seen.clone(),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load ``state_dict()`` output, or a portable ``adagc/1`` dict. A checkpoint of other
+        parameters raises ``CheckpointMismatchError`` naming them; nothing is half-loaded.
+        The live config wins over the saved one (except ``granularity``)."""
+        if state_dict.get("format") == adagc.CHECKPOINT_FORMAT:
+            self.from_portable(state_dict)
+            return
+        if state_dict.get("format") != _TORCH_FORMAT:
+            raise CheckpointMismatchError(
+                f"not an AdaGC checkpoint (format={state_dict.get('format')!r}); expected "
+                f"{_TORCH_FORMAT!r} from AdaGC.state_dict() or {adagc.CHECKPOINT_FORMAT!r}"
+            )
+        saved = list(state_dict["names"])
+        if saved != self.names:
+            missing = [n for n in self.names if n not in saved]
+            unexpected = [n for n in saved if n not in self.names]
+            raise CheckpointMismatchError(
+                "the checkpoint was saved for other parameters"
+                + ("" if missing or unexpected else " (same names, different order)"),
+                missing,
+                unexpected,
+            )
+        saved_gran = dict(state_dict["config"]).get("granularity", "tensor")
+        if saved_gran != self.config.granularity:
+            raise CheckpointMismatchError(
+                f"checkpoint granularity={saved_gran!r} but this clipper has "
+                f"granularity={self.config.granularity!r}"
+            )
+        like = self.state
+        new = AdaGCState(
+            step=torch.as_tensor(state_dict["step"]).to(like.step),
+            gamma=torch.as_tensor(state_dict["gamma"]).to(like.gamma),
+            seen=torch.as_tensor(state_dict["seen"]).to(like.seen),
+        )
+        for field, a, b in zip(("step", "gamma", "seen"), new, like):
+            if a.shape != b.shape:
+                raise CheckpointMismatchError(
+                    f"checkpoint {field} has shape {tuple(a.shape)}, expected {tuple(b.shape)}"
+                )
+        self.state = new
+
+    def to_portable(self) -> dict[str, Any]:
+        """The framework-neutral ``adagc/1`` checkpoint (JSON-ready), keyed by parameter name."""
+        return adagc.to_portable(self.state, self.config, self.names)
+
+    def from_portable(self, checkpoint: Mapping[str, Any]) -> None:
+        """Load an ``adagc/1`` checkpoint (from any framework) keyed by these parameter names."""
+        self.state = adagc.from_portable(checkpoint, self.state, self.config, self.names)
