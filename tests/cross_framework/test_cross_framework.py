@@ -4,6 +4,7 @@ an ``adagc/1`` checkpoint written by one framework continues identically in anot
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 
 import numpy as np
@@ -31,8 +32,15 @@ def gradients(step: int) -> list[np.ndarray]:
     return grads
 
 
+def _adapter(name: str) -> None:
+    """Skip (visibly) while an adapter's branch is not merged; a broken adapter still fails."""
+    if importlib.util.find_spec(f"adagc.adapters.{name}") is None:
+        pytest.skip(f"adagc.adapters.{name} is not in this tree yet")
+
+
 def torch_run(steps: range, ckpt: dict | None = None) -> tuple[list[list[np.ndarray]], dict]:
     """``ckpt``: an ``adagc/1`` checkpoint to resume from (SPEC §4)."""
+    _adapter("torch")
     import torch
 
     from adagc.adapters.torch import AdaGC
@@ -51,6 +59,7 @@ def torch_run(steps: range, ckpt: dict | None = None) -> tuple[list[list[np.ndar
 
 
 def jax_run(steps: range) -> tuple[list[list[np.ndarray]], object]:
+    _adapter("jax")
     import jax.numpy as jnp
 
     from adagc.adapters.jax import adagc as adagc_tx
@@ -71,9 +80,8 @@ def paddle_run(steps: range, portable: dict | None = None):
 
     from adagc.adapters.paddle import ClipGradByAdaGC
 
-    params = [
-        paddle.create_parameter(list(s), "float32", name=f"xf_{n}") for n, s in zip(NAMES, SHAPES)
-    ]
+    with paddle.utils.unique_name.guard():  # Paddle forbids reusing a parameter name
+        params = [paddle.create_parameter(list(s), "float32") for s in SHAPES]
     names = {p.name: n for p, n in zip(params, NAMES)}
     clip = ClipGradByAdaGC(**CFG, parameters=params)
     if portable is not None:
