@@ -41,6 +41,7 @@ class Row:
 CONFORMANCE = [
     Row("numpy", "numpy", "test"),
     Row("torch", "torch", "torch,test"),
+    Row("paddle", "paddle", "paddle,test"),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
@@ -122,6 +123,37 @@ def lab(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def paddle(session: nox.Session) -> None:
+    """PaddlePaddle: backend, ClipGradByAdaGC (parity with ClipGradByGlobalNorm, GradScaler,
+    checkpoints, bad input), data/tensor parallel with real gloo processes; then the
+    conformance suite once more on the accelerator code path, forced on the CPU."""
+    install(session, "paddle,test")
+    session.run("pytest", "tests/paddle", "-q", *junit(session), *session.posargs)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    session.run(
+        "python",
+        "-m",
+        "adagc.conformance",
+        "--backend",
+        "paddle",
+        "--",
+        "-q",
+        f"--junitxml={RESULTS / 'paddle-device-path'}.xml",
+        "-o",
+        "junit_family=xunit2",
+        env={"ADAGC_PADDLE_HOST_SKIP": "0"},
+    )
+
+
+@nox.session(python=PYTHON, name="cross-framework")
+def cross_framework(session: nox.Session) -> None:
+    """The same gradients through the PyTorch, JAX/optax and Paddle adapters give the same
+    result; an adagc/1 checkpoint moves a run between them."""
+    install(session, "torch,jax,paddle,test")
+    session.run("pytest", "tests/cross_framework", "-q", *junit(session), *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
     session.install("-c", CONSTRAINTS, "build")
@@ -140,5 +172,6 @@ nox.options.sessions = [
     "torch",
     "distributed-torch",
     "lab",
+    "paddle",
     "package",
 ]

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import os
 import pkgutil
 import sys
 import zipfile
+
+# Run as a script, this file's folder heads sys.path, where the per-framework test packages
+# (tests/paddle, tests/torch, ...) would shadow the frameworks themselves.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 OPTIONAL = {
     "torch",
