@@ -78,7 +78,7 @@ def tests(session: nox.Session) -> None:
     """The core's own tests: packaging, import hygiene, config, spike score, checkpoints,
     the porting example (array-api-strict) and the benchmark harness."""
     install(session, "dev")
-    session.run("pytest", "tests", "-q", *junit(session), *session.posargs)
+    session.run("pytest", "tests/core", "-q", *junit(session), *session.posargs)
 
 
 @nox.session(python=PYTHON)
