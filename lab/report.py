@@ -133,8 +133,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _smooth(xs: list[float], k: int = 5) -> list[float]:
-    out, acc = [], []
+    """Trailing k-step mean; NaN (an injected batch) is left out and drawn as a gap."""
+    out: list[float] = []
+    acc: list[float] = []
     for x in xs:
+        if math.isnan(x):
+            out.append(math.nan)
+            continue
         acc.append(x)
         if len(acc) > k:
             acc.pop(0)
@@ -160,8 +165,9 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             (r for r in results if r.method == m and r.seed == seed and r.faulted),
             next(r for r in results if r.method == m and r.seed == seed),
         )
-        ax.plot(_smooth(run.losses), label=m, lw=1.4)
-    ax.set_ylabel("training loss (5-step mean)")
+        shown = [math.nan if t in set(run.injected) else v for t, v in enumerate(run.losses)]
+        ax.plot(_smooth(shown), label=m, lw=1.4)
+    ax.set_ylabel("training loss (5-step mean;\ninjected batch left out)")
     ax.set_title(title, fontsize=10)
     if has_clean:
         bx = axes[1][0]
