@@ -1,0 +1,346 @@
+"""JAX / optax adapter: ``adagc(...)``, an optax ``GradientTransformation``.
+
+    import optax
+    from adagc.adapters.jax import adagc
+
+    tx = optax.chain(adagc(lambda_rel=1.04, beta=0.99, warmup_steps=100), optax.adamw(3e-4))
+    opt_state = tx.init(params)
+    updates, opt_state = tx.update(grads, opt_state, params)   # inside jax.jit
+
+It drops in where ``optax.clip_by_global_norm(1.0)`` stood: for the first ``warmup_steps``
+(T_start) steps it *is* global-norm clipping at ``lambda_abs``; afterwards each leaf i is
+clipped to ``lambda_rel * gamma_i``, gamma_i being the EMA (coefficient beta) of its own past
+clipped norms.
+
+The state is ``AdaGCTransformState``, a NamedTuple pytree of arrays: the core's ``step``,
+``gamma`` and ``seen`` (one entry per array leaf of the gradient tree, in ``jax.tree_util``
+order) and a record of the last update (norms, coefficients h_i, ``num_clipped``), for logging
+from inside a jitted train step. ``jax.tree_util``, ``optax.tree_utils``
+and orbax save and restore it as is. ``to_portable`` / ``from_portable`` convert it to the
+framework-neutral ``adagc/1`` format keyed by the leaves' key paths (``"layer.kernel"``), the
+names a PyTorch model's ``named_parameters()`` would use for the same nesting.
+
+The algorithm is ``adagc.update``; this module flattens pytrees, adds the collectives for
+``shard_map`` and unflattens the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec
+from jax.tree_util import keystr, tree_flatten_with_path
+
+import adagc as _adagc  # the module; ``adagc`` below is the transformation
+from adagc import AdaGCConfig, AdaGCState, AdaGCStats
+from adagc.backends.jax import is_traced
+
+__all__ = [
+    "AdaGCTransformState",
+    "adagc",
+    "from_portable",
+    "leaf_names",
+    "state_specs",
+    "to_portable",
+]
+
+_BACKEND = "jax"
+AxisName = Hashable | tuple[Hashable, ...]
+
+
+class AdaGCTransformState(NamedTuple):
+    """The optax state of ``adagc(...)``; T is the number of array leaves of the gradients.
+
+    The first three fields are the core's ``AdaGCState``; the others record the last update,
+    for logging from inside a jitted train step. Every field is either the same on all devices
+    of a ``shard_map`` (``[]`` fields) or one entry per leaf (``[T]`` fields, which differ per
+    device only under ``shard_mode="local"``); see ``state_specs``.
+
+    Attributes:
+        step: int32 ``[]`` (int64 with x64): k, the finite steps completed so far.
+        gamma: float32 ``[T]`` (``[1]`` for ``granularity="global"``; float64 with x64 and
+            all-float64 leaves): gamma_i, EMA of leaf i's clipped norms (warmup: their minimum).
+        seen: bool ``[T]`` (``[1]`` for global): whether gamma_i has been initialised.
+        norms: float ``[T]``: n_i, each leaf's gradient norm at the last update (0 before any).
+        coefficients: float ``[T]``: h_i applied at the last update (1 before any).
+        global_norm: float ``[]``: G before clipping at the last update.
+        nonfinite: bool ``[]``: the last update saw a NaN/Inf norm (and changed no state).
+    """
+
+    step: Any
+    gamma: Any
+    seen: Any
+    norms: Any
+    coefficients: Any
+    global_norm: Any
+    nonfinite: Any
+
+    @property
+    def core(self) -> AdaGCState:
+        """The ``adagc.AdaGCState`` (step, gamma, seen) the core works on."""
+        return AdaGCState(self.step, self.gamma, self.seen)
+
+    @property
+    def num_clipped(self) -> Any:
+        """How many leaves the last update clipped (h_i < 1; none on a non-finite step)."""
+        return jnp.sum(jnp.logical_and(self.coefficients < 1, jnp.logical_not(self.nonfinite)))
+
+
+def _state(core: AdaGCState, stats: AdaGCStats | None, n: int) -> AdaGCTransformState:
+    """The transformation state; before any update (``stats is None``) the record fields take
+    the dtypes and shapes an update produces, so a jitted step sees one state type throughout
+    (no recompilation)."""
+    if stats is None:
+        dt = core.gamma.dtype
+        return AdaGCTransformState(
+            *core, jnp.zeros(n, dt), jnp.ones(n, dt), jnp.zeros((), dt), jnp.zeros((), bool)
+        )
+    return AdaGCTransformState(
+        *core, stats.norms, stats.coefficients, stats.global_norm, stats.nonfinite
+    )
+
+
+def state_specs(state: AdaGCTransformState, axis_name: AxisName | None = None) -> Any:
+    """``PartitionSpec`` s for passing the state through ``shard_map``'s ``in_specs`` /
+    ``out_specs``: ``P()`` for every field, except that with ``shard_mode="local"`` (give its
+    ``axis_name``) each device keeps its own ``[T]`` fields: ``P(axis_name)``, a global array of
+    ``devices * T`` entries."""
+    per_leaf = PartitionSpec() if axis_name is None else PartitionSpec(axis_name)
+    return AdaGCTransformState(*(PartitionSpec() if x.ndim == 0 else per_leaf for x in state))
+
+
+def leaf_names(tree: Any) -> list[str]:
+    """The names of the array leaves of ``tree`` in state order: key paths joined by dots
+    (``{"layer": {"kernel": x}}`` -> ``"layer.kernel"``; list positions are numbers)."""
+    return [keystr(path, simple=True, separator=".") for path, _ in _flat(tree)[0]]
+
+
+def _flat(tree: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """Leaves with their paths. ``None`` and ``optax.MaskedNode`` are empty subtrees in JAX,
+    so they take no part: they are not leaves of the state either."""
+    return tree_flatten_with_path(tree)
+
+
+def adagc(
+    lambda_rel: float = 1.04,
+    beta: float = 0.99,
+    warmup_steps: int = 100,
+    lambda_abs: float = 1.0,
+    eps: float = 1e-6,
+    granularity: str = "tensor",
+    shard_mode: str = "exact",
+    nonfinite: str = "propagate",
+    *,
+    config: AdaGCConfig | None = None,
+    axis_name: AxisName | None = None,
+    param_specs: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    """AdaGC (arXiv 2502.11034) as an optax gradient transformation.
+
+    Args:
+        lambda_rel: relative threshold lambda_rel (> 0): after warmup leaf i is clipped to
+            ``lambda_rel * gamma_i``.
+        beta: EMA coefficient beta of gamma_i, ``0 <= beta < 1``.
+        warmup_steps: T_start, the number of finite steps of global-norm clipping first.
+        lambda_abs: the warmup's max global norm (> 0), like ``clip_by_global_norm``'s.
+        eps: added to norms in denominators (> 0).
+        granularity: ``"tensor"`` (AdaGC) or ``"global"`` (the AdaGC-Global ablation).
+        shard_mode: with ``axis_name``: ``"exact"`` clips by full-tensor norms (all per-leaf
+            partial sums of squares reduced in ONE ``psum``), ``"local"`` is AdaGC-Shard (each
+            device clips its shard by the shard's own norm and keeps its own gamma; only the
+            warmup global norm and the non-finite flag ride in one 2-element ``psum``, so every
+            device makes the same phase and non-finite decision).
+        nonfinite: ``"propagate"`` (default: NaN/Inf updates pass through, for
+            ``optax.apply_if_finite``), ``"zero"``, or ``"raise"`` (eager calls only: it needs
+            a host read, which ``jax.jit`` cannot do). The state never changes on such a step.
+        config: an ``adagc.AdaGCConfig`` instead of the keyword arguments above.
+        axis_name: inside ``shard_map``, the mesh axis name (or tuple of names) the gradients
+            are sharded over. ``None`` (default) for whole arrays: plain ``jax.jit``, also with
+            ``NamedSharding``-sharded arrays (XLA then computes full-tensor norms itself), or
+            data parallel after the gradient ``pmean``.
+        param_specs: with ``axis_name`` and ``"exact"``, the ``PartitionSpec`` pytree of the
+            gradients (the ``in_specs`` given to ``shard_map``), so that a leaf replicated over
+            some of the axes counts once in its norm. ``None``: every leaf is sharded over
+            every axis of ``axis_name``. (``"local"`` ignores it: its warmup global norm sums
+            every device's shards, replicated leaves once per device.)
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is an
+        ``AdaGCTransformState``.
+    """
+    if config is None:
+        config = AdaGCConfig(
+            lambda_rel=lambda_rel,
+            beta=beta,
+            warmup_steps=warmup_steps,
+            lambda_abs=lambda_abs,
+            eps=eps,
+            granularity=granularity,  # type: ignore[arg-type]
+            shard_mode=shard_mode,  # type: ignore[arg-type]
+            nonfinite=nonfinite,  # type: ignore[arg-type]
+        )
+    elif not isinstance(config, AdaGCConfig):
+        raise TypeError(f"config must be an adagc.AdaGCConfig, got {type(config).__name__}")
+    cfg = config
+    axes = _axes(axis_name)
+
+    def init_fn(params: Any) -> AdaGCTransformState:
+        leaves = [x for _, x in _flat(params)[0]]
+        _check_leaves(leaves, leaf_names(params))
+        core = _adagc.init(leaves, cfg, backend=_BACKEND)
+        return _state(core, None, len(leaves))
+
+    def update_fn(
+        updates: Any, state: AdaGCTransformState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, AdaGCTransformState]:
+        del params, extra_args
+        pairs, treedef = _flat(updates)
+        leaves = [x for _, x in pairs]
+        names = [keystr(p, simple=True, separator=".") for p, _ in pairs]
+        _check_leaves(leaves, names)
+        if cfg.nonfinite == "raise" and any(is_traced(x) for x in leaves):
+            raise ValueError(
+                "nonfinite='raise' needs a host read, which jax.jit cannot do; call "
+                "tx.update outside jit, or use nonfinite='propagate' with "
+                "optax.apply_if_finite (or nonfinite='zero') inside jit"
+            )
+        reducer = None if axes is None else _ShardMapReducer(axes, param_specs, updates)
+        if not isinstance(state, AdaGCTransformState):
+            raise TypeError(
+                f"state must be the AdaGCTransformState from this transformation's init, got "
+                f"{type(state).__name__}"
+            )
+        clipped, new, stats = _adagc.update(
+            leaves, state.core, cfg, backend=_BACKEND, reducer=reducer, names=names
+        )
+        return treedef.unflatten(clipped), _state(new, stats, len(leaves))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _axes(axis_name: AxisName | None) -> tuple[Hashable, ...] | None:
+    if axis_name is None:
+        return None
+    axes = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+    if not axes or not all(isinstance(a, Hashable) for a in axes):
+        raise TypeError(f"axis_name must be a mesh axis name or a tuple of them, got {axis_name!r}")
+    return axes
+
+
+def _check_leaves(leaves: Sequence[Any], names: Sequence[str]) -> None:
+    """Leaves must be arrays (of one framework: JAX); the core checks their dtypes."""
+    for name, x in zip(names, leaves):
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise TypeError(
+                f"adagc got a leaf {name!r} of type {type(x).__name__}; every leaf of the "
+                "gradient pytree must be an array (None and optax.MaskedNode are skipped)"
+            )
+
+
+class _ShardMapReducer:
+    """Collectives inside ``shard_map`` (SPEC §2). ``sum_squares``: ONE ``psum`` over all of
+    ``axis_name`` of the per-leaf partial sums of squares. A leaf replicated over some of those
+    axes holds the same partial sum on each of their devices, so its entry is divided by their
+    size first: it counts once (exactly so for power-of-two axis sizes; Paddle's fleet does the
+    same). Summing every entry over every axis also makes the result the same on all devices
+    by construction, which ``shard_map``'s replication check needs."""
+
+    def __init__(self, axes: tuple[Hashable, ...], specs: Any, updates: Any) -> None:
+        self.axes = axes
+        n = len(_flat(updates)[0])
+        if specs is None:
+            self.unsharded: list[tuple[Hashable, ...]] = [()] * n
+        else:
+            self.unsharded = [
+                tuple(a for a in axes if a not in _spec_axes(spec))
+                for spec in _spec_leaves(specs, n)
+            ]
+
+    def sum_squares(self, sq: jax.Array) -> jax.Array:
+        if any(self.unsharded):
+            size = {a: jax.lax.axis_size(a) for a in self.axes}  # static inside shard_map
+            weight = np.array([1.0 / math.prod(size[a] for a in u) for u in self.unsharded])
+            sq = sq * weight.astype(sq.dtype)
+        return jax.lax.psum(sq, self.axes)
+
+    def sum(self, x: jax.Array) -> jax.Array:
+        return jax.lax.psum(x, self.axes)
+
+
+def _spec_leaves(specs: Any, n: int) -> list[Any]:
+    leaves = jax.tree_util.tree_leaves(
+        specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None
+    )
+    if len(leaves) != n:
+        raise ValueError(
+            f"param_specs has {len(leaves)} PartitionSpec leaves but the gradients have {n} "
+            "array leaves; pass the same spec pytree given to shard_map's in_specs"
+        )
+    return leaves
+
+
+def _spec_axes(spec: Any) -> set[Hashable]:
+    if spec is None:
+        return set()
+    if not isinstance(spec, PartitionSpec):
+        raise TypeError(f"param_specs leaves must be PartitionSpec, got {type(spec).__name__}")
+    used: set[Hashable] = set()
+    for entry in spec:
+        if entry is None:
+            continue
+        used.update(entry if isinstance(entry, tuple) else (entry,))
+    return used
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def _find_state(opt_state: Any) -> tuple[AdaGCTransformState, Callable[[Any], Any]]:
+    """The one ``AdaGCTransformState`` inside an optax state (e.g. of ``optax.chain``), and a
+    function that returns ``opt_state`` with it replaced."""
+
+    def is_state(x: Any) -> bool:
+        return isinstance(x, AdaGCTransformState)
+
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state) if is_state(x)]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected exactly one AdaGCTransformState in the optimizer state, found "
+            f"{len(found)}; pass the state of the adagc(...) transformation itself"
+        )
+
+    def replace(new: Any) -> Any:
+        return jax.tree_util.tree_map(
+            lambda x: new if is_state(x) else x, opt_state, is_leaf=is_state
+        )
+
+    return found[0], replace
+
+
+def to_portable(opt_state: Any, params: Any, config: AdaGCConfig | None = None) -> dict[str, Any]:
+    """The ``adagc/1`` checkpoint (JSON-ready) of the AdaGC state inside ``opt_state``, keyed
+    by the key paths of ``params`` (the tree the transformation sees). ``config``: the one the
+    transformation was built with (default: the paper's defaults)."""
+    state, _ = _find_state(opt_state)
+    return _adagc.to_portable(state.core, config or AdaGCConfig(), leaf_names(params))
+
+
+def from_portable(
+    checkpoint: Mapping[str, Any],
+    opt_state: Any,
+    params: Any,
+    config: AdaGCConfig | None = None,
+) -> Any:
+    """``opt_state`` with its AdaGC state loaded from an ``adagc/1`` checkpoint (written by any
+    framework), matched by the key paths of ``params``. Raises ``CheckpointMismatchError``
+    naming missing/unexpected leaves; nothing is half-loaded."""
+    state, replace = _find_state(opt_state)
+    cfg = config or AdaGCConfig()
+    core = _adagc.from_portable(checkpoint, state.core, cfg, leaf_names(params))
+    return replace(_state(core, None, state.norms.shape[0]))
