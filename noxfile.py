@@ -3,6 +3,7 @@
     nox -s lint typecheck tests package
     nox -s conformance                  # every backend row of CONFORMANCE below
     nox -s "conformance(backend='numpy')"
+    nox -s torch distributed-torch paddle jax distributed-jax cross-framework lab
 
 Venvs are pip-based; ``constraints.txt`` pins the versions CI tests with. Rows marked
 ``gpu=True`` are added only with ``ADAGC_GPU=1`` (CI has no GPU).
@@ -27,21 +28,34 @@ nox.options.error_on_missing_interpreters = True
 
 
 @dataclass(frozen=True)
+class Pass:
+    """One run of the suite: extra ``python -m adagc.conformance`` arguments and environment."""
+
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Row:
-    """One conformance row: a backend, the extra that installs it, and suite options."""
+    """One conformance row: a backend, the extra that installs it, and the suite's passes."""
 
     name: str
     backend: str
     extra: str
-    args: tuple[str, ...] = ()
+    passes: tuple[Pass, ...] = (Pass(),)
     gpu: bool = False
 
+
+X64 = (("JAX_ENABLE_X64", "1"),)
 
 # Porting to a new framework = a backend module + one row here.
 CONFORMANCE = [
     Row("numpy", "numpy", "test"),
     Row("torch", "torch", "torch,test"),
     Row("paddle", "paddle", "paddle,test"),
+    # JAX: float32 as most users run it, again inside the user's own jax.jit, and float64
+    # (which JAX has only with x64 enabled).
+    Row("jax", "jax", "jax,test", (Pass(), Pass(("--jit",)), Pass(env=X64))),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
@@ -51,10 +65,10 @@ def install(session: nox.Session, extras: str, *more: str) -> None:
     session.install("-c", CONSTRAINTS, "-e", f".[{extras}]", *more)
 
 
-def junit(session: nox.Session) -> list[str]:
+def junit(session: nox.Session, suffix: str = "") -> list[str]:
     """pytest arguments writing a JUnit file that .ci/run sums up."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session.name)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in session.name + suffix)
     return [f"--junitxml={RESULTS / safe}.xml", "-o", "junit_family=xunit2"]
 
 
@@ -87,18 +101,20 @@ def conformance(session: nox.Session, backend: str) -> None:
     """The shared conformance suite for one backend row."""
     row = ROWS[backend]
     install(session, row.extra)
-    session.run(
-        "python",
-        "-m",
-        "adagc.conformance",
-        "--backend",
-        row.backend,
-        *row.args,
-        "--",
-        "-q",
-        *junit(session),
-        *session.posargs,
-    )
+    for i, run in enumerate(row.passes):
+        session.run(
+            "python",
+            "-m",
+            "adagc.conformance",
+            "--backend",
+            row.backend,
+            *run.args,
+            "--",
+            "-q",
+            *junit(session, f"-{i}" if i else ""),
+            *session.posargs,
+            env=dict(run.env),
+        )
 
 
 @nox.session(python=PYTHON, name="torch")
@@ -145,6 +161,22 @@ def paddle(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON, name="jax")
+def jax_adapter(session: nox.Session) -> None:
+    """The optax adapter: the core's results, pytrees, one compilation, chain /
+    apply_if_finite / MultiSteps / masked, tree_util + orbax + adagc/1 checkpoints, the example."""
+    install(session, "jax,test", "orbax-checkpoint")  # orbax: the checkpointer JAX users use
+    session.run("pytest", "tests/jax", "-q", *junit(session), *session.posargs)
+
+
+@nox.session(python=PYTHON, name="distributed-jax")
+def distributed_jax(session: nox.Session) -> None:
+    """Sharded gradients on 4 host devices: NamedSharding under jit, shard_map exact / local,
+    replicated leaves, a 2-D mesh, data parallel (tests/jax_distributed sets XLA_FLAGS)."""
+    install(session, "jax,test")
+    session.run("pytest", "tests/jax_distributed", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON, name="cross-framework")
 def cross_framework(session: nox.Session) -> None:
     """The same gradients through the PyTorch, JAX/optax and Paddle adapters give the same
@@ -173,5 +205,8 @@ nox.options.sessions = [
     "distributed-torch",
     "lab",
     "paddle",
+    "jax",
+    "distributed-jax",
+    "cross-framework",
     "package",
 ]

@@ -96,13 +96,15 @@ def _state(core: AdaGCState, stats: AdaGCStats | None, n: int) -> AdaGCTransform
     """The transformation state; before any update (``stats is None``) the record fields take
     the dtypes and shapes an update produces, so a jitted step sees one state type throughout
     (no recompilation)."""
+    step, gamma, seen = core
     if stats is None:
-        dt = core.gamma.dtype
+        dt = gamma.dtype
+        zeros, ones = jnp.zeros(n, dt), jnp.ones(n, dt)
         return AdaGCTransformState(
-            *core, jnp.zeros(n, dt), jnp.ones(n, dt), jnp.zeros((), dt), jnp.zeros((), bool)
+            step, gamma, seen, zeros, ones, jnp.zeros((), dt), jnp.zeros((), bool)
         )
     return AdaGCTransformState(
-        *core, stats.norms, stats.coefficients, stats.global_norm, stats.nonfinite
+        step, gamma, seen, stats.norms, stats.coefficients, stats.global_norm, stats.nonfinite
     )
 
 

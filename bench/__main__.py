@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         print(f"# {gradset.name}: {gradset.describe()}")
+        for note in getattr(plugin, "notes", list)():  # e.g. JAX's compile times
+            print(f"# {gradset.name}: {note}")
     return 0
 
 
