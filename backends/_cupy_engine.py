@@ -27,6 +27,7 @@ from ._cupy_plan import (
     FINALIZE_BLOCK,
     ITEMSIZE,
     KERNEL_NAMES,
+    MAX_CHUNKS_PER_LAUNCH,
     Declined,
     HostPlan,
     blocks_per_sm,
@@ -37,6 +38,8 @@ from ._cupy_plan import (
 )
 
 __all__ = [
+    "LAUNCH_CHUNKS",
+    "PLANS",
     "DevicePlan",
     "Kernels",
     "StepPointers",
@@ -166,6 +169,9 @@ class _PlanCache:
 
 
 PLANS = _PlanCache()
+LAUNCH_CHUNKS = MAX_CHUNKS_PER_LAUNCH
+"""Chunks per launch of the streaming kernels for new plans (tests lower it to exercise
+split launches on a device)."""
 
 
 def plan_for(
@@ -198,7 +204,7 @@ def plan_for(
             "gradients, and that step is being captured in a CUDA graph: run one step with "
             "these gradients before capturing (as torch.cuda.graphs recommends anyway)"
         )
-    host = build_plan(ptrs, numels, codes)
+    host = build_plan(ptrs, numels, codes, max_chunks_per_launch=LAUNCH_CHUNKS)
     k = kernels(device)
     meta, meta_ptr = upload(host.meta)
     partials, partials_ptr = alloc(host.norm_partials, "float64")
