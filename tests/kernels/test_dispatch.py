@@ -218,3 +218,14 @@ def test_paddle_update_falls_back_to_the_generic_path_off_the_gpu() -> None:
         np.testing.assert_array_equal(o.numpy(), e.numpy())
     np.testing.assert_array_equal(stats.coefficients.numpy(), ref_stats.coefficients.numpy())
     assert int(new.step) == 1 and math.isclose(float(new.gamma[0]), float(ref_state.gamma[0]))
+
+
+# -- the benchmark plug-in --------------------------------------------------------------------
+
+
+def test_bench_without_a_gpu_fails_with_a_clear_message(run_python) -> None:
+    if cb.device_available():
+        pytest.skip("a CUDA device is present: the benchmark would run")
+    proc = run_python("-m", "adagc.bench", "--backend", "cupy", "--sets", "gpt2")
+    assert proc.returncode == 2
+    assert "CUDA device" in proc.stderr and "Traceback" not in proc.stderr
