@@ -3,6 +3,8 @@
     nox -s lint typecheck tests package
     nox -s conformance                  # every backend row of CONFORMANCE below
     nox -s "conformance(backend='numpy')"
+    nox -s kernels                      # the CUDA fast path without a GPU (NVRTC, planner, mirror)
+    ADAGC_GPU=1 nox -s "conformance(backend='cupy')"   # on a machine with a GPU
 
 Venvs are pip-based; ``constraints.txt`` pins the versions CI tests with. Rows marked
 ``gpu=True`` are added only with ``ADAGC_GPU=1`` (CI has no GPU).
@@ -42,6 +44,7 @@ CONFORMANCE = [
     Row("numpy", "numpy", "test"),
     Row("torch", "torch", "torch,test"),
     Row("paddle", "paddle", "paddle,test"),
+    Row("cupy", "cupy", "cupy,test", gpu=True),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
@@ -145,6 +148,16 @@ def paddle(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON)
+def kernels(session: nox.Session) -> None:
+    """The CuPy CUDA fast path, checked without a GPU: every kernel compiles through NVRTC with
+    CuPy's own flags for sm_80/sm_90, the host planner, the NumPy mirror of the kernels against
+    the reference, and the CPU dispatch (torch fast_path switch, Paddle plug point). The GPU
+    tests in tests/kernels skip here with their reason; tests/kernels/gpu_check.sh runs them."""
+    install(session, "cupy,torch,paddle,test")
+    session.run("pytest", "tests/kernels", "-q", "-rs", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON, name="cross-framework")
 def cross_framework(session: nox.Session) -> None:
     """The same gradients through the PyTorch, JAX/optax and Paddle adapters give the same
@@ -173,5 +186,6 @@ nox.options.sessions = [
     "distributed-torch",
     "lab",
     "paddle",
+    "kernels",
     "package",
 ]
