@@ -230,6 +230,8 @@ class _Frame:
     """Pointers, sizes, dtypes, stream and buffers of one framework (see the subclasses)."""
 
     name = ""
+    out_of_place = True
+    """Whether ``out_view`` exists (the Paddle entry point is in place only)."""
 
     def __init__(self) -> None:
         self.codes: dict[Any, int] = {}
@@ -451,6 +453,7 @@ class _TorchFrame(_Frame):
 
 class _PaddleFrame(_Frame):
     name = "paddle"
+    out_of_place = False
 
     def __init__(self) -> None:
         import paddle
@@ -518,7 +521,7 @@ class _PaddleFrame(_Frame):
         return bool(x.dtype == self.paddle.int64)
 
     def out_view(self, buf: Any, offset: int, g: Any, low: int) -> Any:
-        raise Declined("out-of-place scaling is not offered for Paddle (the adapter is in place)")
+        raise NotImplementedError("the Paddle entry point scales in place")
 
 
 _CUPY = _CupyFrame()
@@ -647,6 +650,8 @@ def _fused_step(
     T = len(grads)
     if T == 0:
         raise Declined("no gradients")
+    if not inplace and not fw.out_of_place:
+        raise Declined(f"{fw.name} gradients are scaled in place only")
     layout = _inspect(fw, grads)
     device = layout.device if layout.device is not None else fw.device_of(state.gamma)
     norm64, step_p, gamma_p, seen_p = _state_pointers(fw, state, cfg, T, device)
