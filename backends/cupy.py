@@ -389,11 +389,16 @@ class _TorchFrame(_Frame):
             "uint8": torch.uint8,
         }
         self.devices: dict[int, Any] = {}
+        self.plain = (torch.Tensor, torch.nn.Parameter)
+        self.strided = torch.strided
 
     def describe(self, g: Any, j: int) -> tuple[int, int, int, int]:
         code = self.codes.get(g.dtype)
         if code is None:
             raise Declined(f"gradient {j} has dtype {g.dtype}")
+        if type(g) not in self.plain or g.layout != self.strided:
+            # sparse tensors and subclasses (DTensor, ...) have no plain dense memory to read
+            raise Declined(f"gradient {j} is a {type(g).__name__} with layout {g.layout}")
         dev = g.device
         if dev.type != "cuda":
             raise Declined(f"gradient {j} is on {dev}, not on a CUDA device")

@@ -229,3 +229,16 @@ def test_bench_without_a_gpu_fails_with_a_clear_message(run_python) -> None:
     proc = run_python("-m", "adagc.bench", "--backend", "cupy", "--sets", "gpt2")
     assert proc.returncode == 2
     assert "CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_torch_frame_declines_what_has_no_plain_dense_cuda_memory() -> None:
+    torch = pytest.importorskip("torch")
+    fw = cb._frame("torch")
+    with pytest.raises(P.Declined, match="dtype torch.int64"):
+        fw.describe(torch.ones(3, dtype=torch.int64), 0)
+    with pytest.raises(P.Declined, match="layout torch.sparse_coo"):
+        fw.describe(torch.eye(3).to_sparse(), 1)
+    with pytest.raises(P.Declined, match="gradient 2 is on cpu"):
+        fw.describe(torch.ones(3), 2)
+    with pytest.raises(P.Declined, match="state is on cpu"):
+        fw.device_of(torch.ones(1))
