@@ -393,18 +393,22 @@ class _TorchFrame(_Frame):
         self.strided = torch.strided
 
     def describe(self, g: Any, j: int) -> tuple[int, int, int, int]:
+        # This runs for every tensor of every step: cheap checks first, messages only on the
+        # way out (``device.type`` alone costs more than the rest together).
         code = self.codes.get(g.dtype)
-        if code is None:
-            raise Declined(f"gradient {j} has dtype {g.dtype}")
-        if type(g) not in self.plain or g.layout != self.strided:
-            # sparse tensors and subclasses (DTensor, ...) have no plain dense memory to read
-            raise Declined(f"gradient {j} is a {type(g).__name__} with layout {g.layout}")
-        dev = g.device
-        if dev.type != "cuda":
-            raise Declined(f"gradient {j} is on {dev}, not on a CUDA device")
+        if code is None or type(g) not in self.plain or g.layout != self.strided or not g.is_cuda:
+            raise Declined(self._refusal(g, j, code))
         if not g.is_contiguous() and dense_offset(g.shape, g.stride()) is None:
             raise Declined(f"gradient {j} is not dense (strides {g.stride()})")
-        return g.data_ptr(), g.numel(), code, dev.index  # torch strides are >= 0: low = data
+        return g.data_ptr(), g.numel(), code, g.get_device()  # strides >= 0: data is lowest
+
+    def _refusal(self, g: Any, j: int, code: int | None) -> str:
+        if code is None:
+            return f"gradient {j} has dtype {g.dtype}"
+        if type(g) not in self.plain or g.layout != self.strided:
+            # sparse tensors and subclasses (DTensor, ...) have no plain dense memory to read
+            return f"gradient {j} is a {type(g).__name__} with layout {g.layout}"
+        return f"gradient {j} is on {g.device}, not on a CUDA device"
 
     def device_of(self, x: Any) -> int:
         if x.device.type != "cuda":
