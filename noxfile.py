@@ -4,6 +4,8 @@
     nox -s conformance                  # every backend row of CONFORMANCE below
     nox -s "conformance(backend='numpy')"
     nox -s torch distributed-torch paddle jax distributed-jax cross-framework lab
+    nox -s kernels                      # the CUDA fast path without a GPU (NVRTC, planner, mirror)
+    ADAGC_GPU=1 nox -s "conformance(backend='cupy')"   # on a machine with a GPU
 
 Venvs are pip-based; ``constraints.txt`` pins the versions CI tests with. Rows marked
 ``gpu=True`` are added only with ``ADAGC_GPU=1`` (CI has no GPU).
@@ -56,6 +58,7 @@ CONFORMANCE = [
     # JAX: float32 as most users run it, again inside the user's own jax.jit, and float64
     # (which JAX has only with x64 enabled).
     Row("jax", "jax", "jax,test", (Pass(), Pass(("--jit",)), Pass(env=X64))),
+    Row("cupy", "cupy", "cupy,test", gpu=True),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
@@ -177,6 +180,16 @@ def distributed_jax(session: nox.Session) -> None:
     session.run("pytest", "tests/jax_distributed", "-q", *junit(session), *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def kernels(session: nox.Session) -> None:
+    """The CuPy CUDA fast path, checked without a GPU: every kernel compiles through NVRTC with
+    CuPy's own flags for sm_80/sm_90, the host planner, the NumPy mirror of the kernels against
+    the reference, and the CPU dispatch (torch fast_path switch, Paddle plug point). The GPU
+    tests in tests/kernels skip here with their reason; tests/kernels/gpu_check.sh runs them."""
+    install(session, "cupy,torch,paddle,test")
+    session.run("pytest", "tests/kernels", "-q", "-rs", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON, name="cross-framework")
 def cross_framework(session: nox.Session) -> None:
     """The same gradients through the PyTorch, JAX/optax and Paddle adapters give the same
@@ -208,5 +221,6 @@ nox.options.sessions = [
     "jax",
     "distributed-jax",
     "cross-framework",
+    "kernels",
     "package",
 ]

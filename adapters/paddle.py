@@ -87,10 +87,11 @@ class ClipGradByAdaGC(ClipGradBase):
             (single process, or data parallel after the gradient all-reduce).
         sum_groups: groups the ``shard_mode="local"`` global sum runs over (default: those of
             ``shard_groups``).
-        fast_path: the CuPy fused kernels for CUDA tensors (zero-copy via DLPack, on Paddle's
-            stream). ``None`` (default): use them when the gradients are on a GPU and the CuPy
-            fast path is installed, else the generic path; ``False``: always the generic path;
-            ``True``: require the fast path (``ValueError`` when it cannot run).
+        fast_path: the CuPy fused kernels for CUDA tensors (zero-copy through their device
+            pointers, on Paddle's stream). ``None`` (default): use them when the gradients are
+            on a GPU and the CuPy fast path is installed, else the generic path; ``False``:
+            always the generic path; ``True``: require the fast path (``ValueError`` when it
+            cannot run).
 
     Attributes:
         last_stats: the ``AdaGCStats`` of the latest call (device arrays; reading them syncs),
@@ -536,8 +537,8 @@ def _generic_update(
 @functools.cache
 def _cupy_fast_update() -> Callable[..., Any] | None:
     """The plug point of the CuPy fused path for Paddle CUDA tensors: a callable with
-    ``_generic_update``'s signature (zero-copy via DLPack, on Paddle's current stream), or
-    ``None`` while it is not installed. The CuPy backend provides it as
+    ``_generic_update``'s signature (zero-copy through device pointers, on Paddle's current
+    stream), or ``None`` while it is not installed. The CuPy backend provides it as
     ``adagc.backends.cupy.paddle_update``."""
     if importlib.util.find_spec("cupy") is None:
         return None

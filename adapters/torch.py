@@ -24,6 +24,8 @@ import torch
 
 import adagc
 from adagc import AdaGCConfig, AdaGCState, AdaGCStats, CheckpointMismatchError
+from adagc.backends._cupy_plan import Declined
+from adagc.backends.torch import fused_clip_, fused_unavailable
 
 __all__ = ["AdaGC"]
 
@@ -97,8 +99,12 @@ class AdaGC:
             ``"zero"`` or ``"raise"``. The AdaGC state never changes on a non-finite step.
         process_group: for sharded (DTensor) gradients, an explicit group (default: the
             DTensor's mesh).
-        fast_path: ``None`` uses the fused CuPy kernels for CUDA gradients when CuPy is
-            installed; ``False`` always uses the generic torch path.
+        fast_path: the fused CuPy kernels for CUDA gradients (three launches per step, no
+            copies, torch's current stream; the state tensors are then updated in place, so a
+            captured CUDA graph chains its steps). ``None`` (default): used when the gradients
+            are on a CUDA device and CuPy is installed, else the generic torch path;
+            ``False``: always the generic path; ``True``: required (``ValueError`` saying why
+            when it cannot run, raised before anything is modified).
 
     Attributes:
         config: the validated ``AdaGCConfig``.
@@ -166,17 +172,37 @@ class AdaGC:
 
             grads, reducer = localize(self.params, grads, self.process_group)
         self._follow_device(grads)
-        _, self.state, stats = adagc.update(
-            grads,
-            self.state,
-            self.config,
-            backend="torch",
-            inplace=True,
-            reducer=reducer,
-            names=self.names,
-        )
+        stats = self._fast_step(grads, reducer) if self.fast_path is not False else None
+        if stats is None:
+            _, self.state, stats = adagc.update(
+                grads,
+                self.state,
+                self.config,
+                backend="torch",
+                inplace=True,
+                reducer=reducer,
+                names=self.names,
+                fused=False,
+            )
         self.last_stats = stats
         return stats
+
+    def _fast_step(self, grads: list[Any], reducer: Any) -> AdaGCStats | None:
+        """The fused CuPy step, or ``None`` for the generic path (``fast_path=None``)."""
+        reason = fused_unavailable(grads, self.state, reducer)
+        if reason is None:
+            try:
+                _, self.state, stats = fused_clip_(grads, self.state, self.config, names=self.names)
+                return stats  # type: ignore[no-any-return]
+            except Declined as exc:
+                reason = str(exc)
+        if self.fast_path:
+            raise ValueError(
+                f"fast_path=True but the CuPy fast path cannot run: {reason}. Use "
+                "fast_path=None to fall back to the generic torch path when it cannot run, or "
+                "fast_path=False to always use it."
+            )
+        return None
 
     def _follow_device(self, grads: list[Any]) -> None:
         """Move the state to the gradients' device (e.g. the model moved after construction).

@@ -8,10 +8,17 @@
   coefficient is exactly 1 are skipped; the rest get one ``torch._foreach_mul_`` with Python
   scalars per group. On accelerators nothing is read back: every tensor of a group is multiplied
   by its own 0-d coefficient on the device.
+- Fused fast path (``fused_update``): CUDA tensors with CuPy installed run the CuPy raw kernels
+  of ``adagc.backends.cupy`` on torch's memory and current stream (three launches, no copies,
+  h_i == 1 tensors untouched); CPU tensors, sharded gradients (a reducer) and layouts the kernels
+  do not take decline to the generic code above, which stays the oracle (``fused=False``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +28,16 @@ import torch
 
 from adagc._protocol import DType
 
-__all__ = ["BACKEND", "CONFORMANCE_DTYPES", "TorchBackend", "make_like"]
+from ._cupy_plan import Declined
+
+__all__ = [
+    "BACKEND",
+    "CONFORMANCE_DTYPES",
+    "TorchBackend",
+    "fused_clip_",
+    "fused_unavailable",
+    "make_like",
+]
 
 _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -195,6 +211,67 @@ class TorchBackend:
 
     def stack(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(xs))
+
+    def fused_update(
+        self,
+        grads: Sequence[torch.Tensor | None],
+        state: Any,
+        cfg: Any,
+        *,
+        inplace: bool,
+        reducer: Any,
+        names: Sequence[str] | None,
+    ) -> Any:
+        """The CuPy kernels on CUDA tensors (torch's memory and current stream, no copies);
+        ``None`` (the generic path) on the CPU, without CuPy, with a reducer, or for layouts
+        the kernels do not take."""
+        if fused_unavailable(grads, state, reducer) is not None:
+            return None
+        try:
+            return _cupy_fast().torch_update(grads, state, cfg, inplace=inplace, names=names)
+        except Declined:
+            return None
+
+
+# -- the CUDA fast path, for the adapter ---------------------------------------------------
+
+
+@functools.cache
+def _cupy_fast() -> Any:
+    """``adagc.backends.cupy`` when CuPy is installed, else ``None`` (imported on first use)."""
+    if importlib.util.find_spec("cupy") is None:
+        return None
+    try:
+        return importlib.import_module("adagc.backends.cupy")
+    except ImportError:
+        return None
+
+
+def fused_unavailable(grads: Sequence[Any], state: Any, reducer: Any) -> str | None:
+    """Why the fused CUDA path cannot run a step, from static facts only (no array values);
+    ``None`` when it can be tried (it may still raise ``Declined`` for a layout)."""
+    if reducer is not None:
+        return (
+            "the gradients are sharded (DTensor): their full-tensor norms need a collective "
+            "between the norm and finalize kernels, which the fused path does not make"
+        )
+    g = next((g for g in grads if g is not None), state.gamma)
+    if g.device.type != "cuda":
+        return f"the gradients are on {g.device}; the fused kernels run on CUDA tensors"
+    if _cupy_fast() is None:
+        return "CuPy is not installed (pip install 'adagc[cupy]')"
+    return None
+
+
+def fused_clip_(
+    grads: Sequence[torch.Tensor | None], state: Any, cfg: Any, *, names: Sequence[str] | None
+) -> Any:
+    """The adapter's fast step: the gradients AND the state tensors are updated in place (so
+    a step captured in a CUDA graph chains when replayed). Raises ``Declined`` (nothing
+    modified) when the kernels cannot take the call; check ``fused_unavailable`` first."""
+    return _cupy_fast().torch_update(
+        grads, state, cfg, inplace=True, state_inplace=True, names=names
+    )
 
 
 BACKEND = TorchBackend()

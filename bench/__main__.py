@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         plugin = load_plugin(ns.backend)
     except ModuleNotFoundError as exc:
         p.error(f"no benchmark plug-in for backend {ns.backend!r} ({exc})")
+    try:
+        getattr(plugin, "check", lambda: None)()  # e.g. a GPU plug-in without a device
+    except RuntimeError as exc:
+        p.error(str(exc))
     sets = [s.strip() for s in ns.sets.split(",") if s.strip()]
     bad = [s for s in sets if s not in GRADSETS]
     if bad:
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         print(f"# {gradset.name}: {gradset.describe()}")
-        for note in getattr(plugin, "notes", list)():  # e.g. JAX's compile times
-            print(f"# {gradset.name}: {note}")
+        for line in getattr(plugin, "notes", lambda g: [])(gradset):
+            print(line, flush=True)
     return 0
 
 

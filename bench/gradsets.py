@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GRADSETS", "GradSet", "gpt2_124m", "small_tensors"]
+__all__ = ["GRADSETS", "GradSet", "big_1e9", "gpt2_124m", "small_tensors"]
 
 
 @dataclass(frozen=True)
@@ -55,4 +55,16 @@ def small_tensors(count: int = 4000) -> GradSet:
     return GradSet(f"small-{count}", tuple((sizes[i % len(sizes)],) for i in range(count)))
 
 
-GRADSETS = {"gpt2": gpt2_124m, "small": small_tensors}
+def big_1e9() -> GradSet:
+    """About 1e9 elements (4 GB of float32 gradients): a GPT-2-style decoder with d=2048,
+    18 blocks, a 50,304-token embedding (tied output) and 2,048 positions; 220 tensors."""
+    d, v, ctx, layers = 2048, 50304, 2048, 18
+    shapes: list[tuple[int, ...]] = [(v, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,)]
+        shapes += [(d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+    shapes += [(d,), (d,)]
+    return GradSet("big-1e9", tuple(shapes))
+
+
+GRADSETS = {"gpt2": gpt2_124m, "small": small_tensors, "big": big_1e9}

@@ -10,7 +10,11 @@ A backend plug-in (``adagc.bench.backend_<name>``) defines ``PLUGIN``, an object
 - ``make_state(grads, gamma, step)``: an ``AdaGCState`` with the given host values;
 - ``adagc(grads, state, cfg)``: one AdaGC step the way a user of that framework runs it;
 - optional ``peers() -> dict[str, callable(grads, state, cfg)]``: other implementations;
-- optional ``memory(fn) -> int | None``: extra bytes allocated at peak while ``fn()`` runs.
+- optional ``memory(fn) -> int | None``: extra bytes allocated at peak while ``fn()`` runs;
+- optional ``check()``: raise ``RuntimeError`` (with what to do) when the plug-in cannot run
+  here, e.g. no GPU; ``python -m adagc.bench`` then exits with that message;
+- optional ``notes(gradset) -> list[str]``: comment lines printed after each gradient set
+  (e.g. bandwidths measured on the same data).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import importlib.resources
 import os
 import pkgutil
 import sys
@@ -35,11 +36,17 @@ def main(wheel: str) -> int:
     assert tops == {"adagc"}, f"wheel installs top-level {sorted(tops)}; only 'adagc' is allowed"
     assert "adagc/py.typed" in names, "py.typed missing"
     assert any(n.startswith("adagc/conformance/goldens/") and n.endswith(".json") for n in names)
+    assert "adagc/backends/_cuda/adagc_kernels.cu" in names, "the CUDA source is missing"
     eps = {e.name: e.value for e in md.entry_points(group="pytest11")}
     assert eps.get("adagc_conformance") == "adagc.conformance.plugin", eps
     import adagc
 
     assert "site-packages" in adagc.__file__, f"imported from {adagc.__file__}, not the wheel"
+    from adagc.backends import _cupy_plan
+
+    # The fast path reads its kernels from package data (no CuPy needed to find them).
+    cu = importlib.resources.files("adagc.backends").joinpath("_cuda/adagc_kernels.cu")
+    assert "adagc_sumsq" in cu.read_text() and _cupy_plan.compile_defines()
     imported, skipped = [], []
     for mod in pkgutil.walk_packages(adagc.__path__, "adagc."):
         if mod.name.endswith("__main__"):
