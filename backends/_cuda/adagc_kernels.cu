@@ -6,7 +6,8 @@
 //                        tensors; persistent grid; one partial per chunk, written by one block,
 //                        so the result is deterministic without atomics or a memset);
 //   adagc_finalize_{f32,f64}
-//                        one block: per-tensor norms n_i from the partials (fixed order), the
+//                        one block: per-tensor norms n_i from the partials (a warp per
+//                        tensor, fixed order), the
 //                        global norm G, the warmup/adaptive phase from the step counter k, the
 //                        coefficients h_i, the gamma_i/seen update, the non-finite policy, k+1
 //                        and the statistics;
@@ -393,24 +394,30 @@ __device__ void finalize(const i64* meta, int T, const double* partials, const i
         seen_g = seen_in[0] != 0;
     }
 
-    // Pass 1: n_i^2 from the partials of tensor i, in chunk order.
+    // Pass 1: n_i^2 from the partials of tensor i. One warp per tensor: lane l adds chunks
+    // c0+l, c0+l+32, ... in order, then the warp's tree (GPT-2's embedding has 589 chunks,
+    // 1e9 parameters' 1,572: 19 or 50 loads per lane, not that many dependent ones in one
+    // thread). Lane 0 of each warp keeps the running sum of its tensors' n_i^2, in order.
+    const int lane = tid & 31, warp = tid >> 5;
     N g2_local = N(0);
     int bad_local = 0;
-    for (int i = tid; i < T; i += ADAGC_FINALIZE_BLOCK) {
+    for (int i = warp; i < T; i += ADAGC_FINALIZE_BLOCK / 32) {  // warp-uniform
         const i64 c0 = m.start[i], c1 = m.start[i + 1];
         N sq;
         if (dtype_code(m.info[i]) == ADAGC_F64) {
             double s = 0.0;
-            for (i64 c = c0; c < c1; ++c) s = f_add(s, partials[c]);
-            sq = convert<N>(s);
+            for (i64 c = c0 + lane; c < c1; c += 32) s = f_add(s, partials[c]);
+            sq = convert<N>(warp_sum(s));
         } else {
             float s = 0.0f;
-            for (i64 c = c0; c < c1; ++c) s = f_add(s, narrow(partials[c]));
-            sq = convert<N>(s);
+            for (i64 c = c0 + lane; c < c1; c += 32) s = f_add(s, narrow(partials[c]));
+            sq = convert<N>(warp_sum(s));
         }
-        norms[i] = f_sqrt(sq);
-        g2_local = f_add(g2_local, sq);
-        bad_local |= !isfinite(sq);
+        if (lane == 0) {
+            norms[i] = f_sqrt(sq);  // read by another thread in pass 2, after the barriers
+            g2_local = f_add(g2_local, sq);
+            bad_local |= !isfinite(sq);
+        }
     }
     N g2 = block_sum<ADAGC_FINALIZE_BLOCK>(g2_local, sh);
     const int any_bad = __syncthreads_or(bad_local);

@@ -129,7 +129,8 @@ def finalize(
     cfg: AdaGCConfig,
     norm64: bool,
 ) -> Finalized:
-    """``adagc_finalize_{f32,f64}``, line by line (thread t owns tensors t, t+FB, ...)."""
+    """``adagc_finalize_{f32,f64}``, line by line (pass 1: warp i % (FB // 32) owns tensor i;
+    pass 2: thread t owns tensors t, t+FB, ...)."""
     N = np.float64 if norm64 else np.float32
     FB = FINALIZE_BLOCK
     T = plan.T
@@ -146,20 +147,16 @@ def finalize(
     norms = np.zeros(T, dtype=N)
     g2_local = np.zeros(FB, dtype=N)
     bad_local = False
-    for i in range(T):
+    warps = FB // 32
+    for i in range(T):  # pass 1: warp i % warps; lane l adds chunks c0+l, c0+l+32, ...
         c0, c1 = int(plan.start[i]), int(plan.start[i + 1])
-        if int(plan.codes[i]) == F64:
-            s64 = np.float64(0)
-            for c in range(c0, c1):
-                s64 = s64 + partials[c]
-            sq = N(s64)
-        else:
-            s32 = np.float32(0)
-            for c in range(c0, c1):
-                s32 = s32 + np.float32(partials[c])
-            sq = N(s32)
+        acc = np.float64 if int(plan.codes[i]) == F64 else np.float32
+        lanes = np.zeros(32, dtype=acc)
+        for c in range(c0, c1):
+            lanes[(c - c0) % 32] = lanes[(c - c0) % 32] + acc(partials[c])
+        sq = N(warp_sum(lanes))
         norms[i] = np.sqrt(sq)
-        t = i % FB
+        t = (i % warps) * 32  # lane 0 of that warp keeps the running sum
         g2_local[t] = g2_local[t] + sq
         bad_local = bad_local or not np.isfinite(sq)
     g2 = block_sum(g2_local, FB)
