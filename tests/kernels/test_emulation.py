@@ -18,6 +18,7 @@ from adagc.backends._cupy_plan import CHUNK, DTYPE_CODES
 from adagc.backends.reference import RefState, ref_update
 from adagc.conformance import GOLDENS_DIR
 from adagc.conformance.generate_goldens import decode_list
+from adagc.conformance.suite._common import expected_clipped
 
 from .emulate import (
     BF16,
@@ -167,21 +168,6 @@ def _load(name: str) -> dict[str, Any]:
     return json.loads((GOLDENS_DIR / f"{name}.json").read_text())
 
 
-def _expected_clipped(rec: dict[str, Any], grads: list[Any], policy: str) -> list[Any]:
-    if "clipped" in rec:
-        return decode_list(rec["clipped"])
-    coef, zero = rec["stats"]["coefficients"], rec["stats"]["nonfinite"] and policy == "zero"
-    out: list[Any] = []
-    first: dict[int, int] = {}
-    for j, g in enumerate(grads):
-        if g is None:
-            out.append(None)
-            continue
-        i = first.setdefault(id(g), j)
-        out.append(out[i] if i != j else (np.zeros_like(g) if zero else g * coef[j]))
-    return out
-
-
 @pytest.mark.parametrize("inplace", [True, False], ids=["inplace", "functional"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", GOLDENS)
@@ -220,7 +206,7 @@ def test_goldens(name: str, dtype: str, inplace: bool) -> None:
         _close(em.gamma, rec["state"]["gamma"], rtol, f"{what} gamma")
         assert em.seen.tolist() == rec["state"]["seen"], what
         assert str(em.stats.norms.dtype) == nd and str(em.gamma.dtype) == nd
-        _close_tensors(em.clipped, _expected_clipped(rec, grads64, cfg.nonfinite), rtol, what)
+        _close_tensors(em.clipped, expected_clipped(rec, grads64, cfg.nonfinite), rtol, what)
         # ... and the generic path on the same float32/float64 arrays, step by step.
         out, state, stats = adagc.update(grads, state, cfg, backend="numpy")
         _close(em.stats.norms, stats.norms, rtol, f"{what} vs generic norms")
