@@ -4,6 +4,7 @@ same faults, and show what each method does with them. ``adagc-lab --help`` for 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: preset's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: preset's)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd", "muon"], default="adamw")
+    p.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd", "muon", "lion"],
+        default="adamw",
+        help="adamw (default), sgd (momentum 0.9), muon (torch.optim.Muon for hidden matrices), "
+        "lion (pytorch-optimizer's Lion, when installed)",
+    )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument(
         "--corpus",
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in ns.corpus or []:
         if not Path(c).exists():
             parser.error(f"corpus path {c!r} does not exist")
+    if ns.optimizer == "lion" and importlib.util.find_spec("pytorch_optimizer") is None:
+        parser.error("--optimizer lion needs pytorch-optimizer: pip install pytorch-optimizer")
     if ns.device.startswith("cuda"):
         import torch
 

@@ -71,9 +71,14 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> list[torch.optim.Opt
         ]
         rest = [p for p in params if all(p is not q for q in mats)]
         return [
-            torch.optim.Muon(mats, lr=cfg.lr * 10),
+            torch.optim.Muon([{"params": mats, "lr_scale": 10.0}], lr=cfg.lr * 10),
             torch.optim.AdamW(rest, lr=cfg.lr, betas=(0.9, 0.95)),
         ]
+    if cfg.optimizer == "lion":  # a sign optimizer: a tenth of AdamW's lr, as its authors advise
+        from pytorch_optimizer import Lion
+
+        groups = [{"params": params, "lr_scale": 0.1}]
+        return [Lion(groups, lr=cfg.lr / 10, betas=(0.9, 0.99), weight_decay=0.1)]
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -119,7 +124,7 @@ def train(
         lr = _lr(cfg, step, faults)
         for o in opts:
             for group in o.param_groups:
-                group["lr"] = lr * (10 if cfg.optimizer == "muon" and o is opts[0] else 1)
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # the schedule, per optimizer
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), y.reshape(-1)

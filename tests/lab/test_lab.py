@@ -4,6 +4,7 @@ that checks every output exists and parses."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -95,6 +96,23 @@ def test_smoke_run_writes_table_json_csv_and_png(tmp_path, run_python) -> None:
     for m in ("global", "adagc"):
         for t in range(6):
             assert by[(m, "faulted", t)] == by[(m, "clean", t)]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon", "lion"])
+def test_each_optimizer_trains(tmp_path, run_python, optimizer: str) -> None:
+    """A few steps with each optimizer; Lion comes from pytorch-optimizer, and without that
+    package the lab says so (exit 2) instead of failing later."""
+    args = ["-m", "adagc.lab", "--corpus", str(_corpus(tmp_path)), "--steps", "4"]
+    args += ["--methods", "adagc", "--faults", "clean", "--no-clean", "--quiet"]
+    args += ["--optimizer", optimizer, "--out", str(tmp_path / optimizer)]
+    proc = run_python(*args, timeout=300)
+    if optimizer == "lion" and importlib.util.find_spec("pytorch_optimizer") is None:
+        assert proc.returncode == 2
+        assert "needs pytorch-optimizer" in proc.stderr.strip().splitlines()[-1]
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / optimizer / "metrics.json").read_text())
+    assert metrics["summary"][0]["method"] == "adagc"
 
 
 def test_spike_score_on_lab_curves_excludes_injected_batches() -> None:
