@@ -266,13 +266,20 @@ class _ShardMapReducer:
 
     def sum_squares(self, sq: jax.Array) -> jax.Array:
         if any(self.unsharded):
-            size = {a: jax.lax.axis_size(a) for a in self.axes}  # static inside shard_map
+            size = {a: _axis_size(a) for a in self.axes}  # static inside shard_map
             weight = np.array([1.0 / math.prod(size[a] for a in u) for u in self.unsharded])
             sq = sq * weight.astype(sq.dtype)
         return jax.lax.psum(sq, self.axes)
 
     def sum(self, x: jax.Array) -> jax.Array:
         return jax.lax.psum(x, self.axes)
+
+
+def _axis_size(axis: Hashable) -> int:
+    """The size of a mapped mesh axis, a static int (``psum(1)`` where older JAX lacks
+    ``lax.axis_size``)."""
+    fn = getattr(jax.lax, "axis_size", None)
+    return int(fn(axis) if fn is not None else jax.lax.psum(1, axis))
 
 
 def _spec_leaves(specs: Any, n: int) -> list[Any]:
