@@ -284,6 +284,8 @@ class ClipGradByAdaGC(ClipGradBase):
                 f"fast_path=True but the CuPy fused path cannot run on {where}; it needs GPU "
                 "gradients and pip install 'adagc[cupy]'. Use fast_path=None to fall back."
             )
+        if self.fast_path and step is not None:  # required: no silent fallback inside it
+            return functools.partial(step, required=True)
         return step
 
     # -- checkpoints -----------------------------------------------------------------------

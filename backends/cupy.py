@@ -769,14 +769,18 @@ def paddle_update(
     *,
     reducer: Any = None,
     names: Sequence[str] | None = None,
+    required: bool = False,
 ) -> tuple[list[Any], AdaGCState, AdaGCStats]:
     """The Paddle adapter's fast step (``ClipGradByAdaGC(fast_path=None|True)`` on GPU): in
     place on the gradients and on the state's tensors, on Paddle's current stream, zero-copy
     (the kernels read the tensors' device pointers). Where the fused path declines (a reducer
-    for sharded norms, non-contiguous gradients) this runs the generic Paddle path instead."""
+    for sharded norms, non-contiguous gradients) this runs the generic Paddle path instead,
+    or, with ``required`` (``fast_path=True``), raises ``ValueError`` saying why, before
+    anything is modified."""
     import adagc
     from adagc.backends.paddle import BACKEND as PADDLE
 
+    reason = "the gradients are sharded (a reducer): the fused path makes no collective"
     if reducer is None:
         check_state(PADDLE, state, len(grads), cfg)
         try:
@@ -789,8 +793,13 @@ def paddle_update(
                 state_inplace=True,
                 names=names,
             )
-        except Declined:
-            pass
+        except Declined as exc:
+            reason = str(exc)
+    if required:
+        raise ValueError(
+            f"fast_path=True but the CuPy fast path cannot run: {reason}. Use fast_path=None "
+            "to fall back to the generic Paddle path, or fast_path=False to always use it."
+        )
     return adagc.update(
         grads,
         state,

@@ -220,6 +220,21 @@ def test_paddle_update_falls_back_to_the_generic_path_off_the_gpu() -> None:
     assert int(new.step) == 1 and math.isclose(float(new.gamma[0]), float(ref_state.gamma[0]))
 
 
+def test_paddle_update_required_raises_instead_of_falling_back() -> None:
+    """``ClipGradByAdaGC(fast_path=True)`` passes ``required=True``: where the fused kernels
+    cannot run, a ValueError says why and nothing is modified."""
+    paddle = pytest.importorskip("paddle")
+    arrays = [np.full(4, 3.0, np.float32), np.full(3, 0.5, np.float32)]
+    cfg = AdaGCConfig(warmup_steps=1)
+    grads = [paddle.to_tensor(a) for a in arrays]
+    state = adagc.init(grads, cfg, backend="paddle")
+    with pytest.raises(ValueError, match="fast_path=True but the CuPy fast path cannot run"):
+        cb.paddle_update(grads, state, cfg, names=["a", "b"], required=True)
+    for g, a in zip(grads, arrays):
+        np.testing.assert_array_equal(g.numpy(), a)
+    assert int(state.step) == 0 and not bool(state.seen.any())
+
+
 # -- the benchmark plug-in --------------------------------------------------------------------
 
 
