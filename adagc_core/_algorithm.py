@@ -268,9 +268,7 @@ def _generic_update(
 
     # The one device-to-host read AdaGC makes, and only because the user asked for it.
     if cfg.nonfinite == "raise" and bool(xp.to_numpy(bad)):
-        finite = xp.to_numpy(xp.isfinite(sq))
-        labels = list(names) if names is not None else [str(i) for i in range(len(grads))]
-        raise NonFiniteGradientError([labels[i] for i, ok in enumerate(finite) if not ok])
+        raise NonFiniteGradientError.from_finite(xp.to_numpy(xp.isfinite(sq)).tolist(), names)
     applied = xp.where(bad, 0.0 if cfg.nonfinite == "zero" else 1.0, coef)
     num_clipped = xp.sum(xp.astype(xp.logical_and(coef < 1.0, xp.logical_not(bad)), "int"))
     new_state = AdaGCState(

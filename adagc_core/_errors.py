@@ -23,6 +23,15 @@ class NonFiniteGradientError(FloatingPointError):
             "GradScaler / optax.apply_if_finite skip the step, or nonfinite='zero'."
         )
 
+    @classmethod
+    def from_finite(
+        cls, finite: Sequence[bool], names: Sequence[str] | None
+    ) -> NonFiniteGradientError:
+        """The error for per-tensor finiteness flags, naming the non-finite tensors by
+        ``names`` (or by index)."""
+        labels = list(names) if names is not None else [str(i) for i in range(len(finite))]
+        return cls([labels[i] for i, ok in enumerate(finite) if not ok])
+
 
 class StateMismatchError(ValueError):
     """An ``AdaGCState`` does not match the gradients it is used with."""

@@ -726,8 +726,7 @@ def _raise_if_nonfinite(
         return
     dt = np.float64 if norm64 else np.float32
     norms = engine.read_device(p.norms, T * np.dtype(dt).itemsize, stream_ptr).view(dt)
-    labels = list(names) if names is not None else [str(i) for i in range(T)]
-    raise NonFiniteGradientError([labels[i] for i in range(T) if not np.isfinite(norms[i])])
+    raise NonFiniteGradientError.from_finite(np.isfinite(norms).tolist(), names)
 
 
 # -- entry points for other frameworks -----------------------------------------------------

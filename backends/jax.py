@@ -248,9 +248,8 @@ def _jitted_step(
     for j, i in layout.ties:
         out[j] = out[i]
     if cfg.nonfinite == "raise" and bool(stats.nonfinite):  # the one host read, as asked
-        labels = list(names) if names is not None else [str(i) for i in range(len(grads))]
-        finite = np.asarray(jnp.isfinite(stats.norms))
-        raise NonFiniteGradientError([labels[i] for i, ok in enumerate(finite) if not ok])
+        finite = np.asarray(jnp.isfinite(stats.norms)).tolist()
+        raise NonFiniteGradientError.from_finite(finite, names)
     return out, new_state, stats
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from adagc import AdaGCConfig, AdaGCState
-from adagc.adapters.jax import AdaGCTransformState
+from adagc.adapters.jax import AdaGCTransformState, _state
 from adagc.adapters.jax import adagc as adagc_tx
 from adagc.backends.jax import BACKEND
 
@@ -77,16 +77,12 @@ class JaxPlugin:
         return np.sqrt(np.asarray(BACKEND.sum_squares(grads, "float32"))).tolist()
 
     def make_state(self, grads: Any, gamma: list[float], step: int) -> AdaGCTransformState:
-        n = len(gamma)
         core = AdaGCState(
             step=jnp.asarray(step, jnp.int32),
             gamma=jnp.asarray(gamma, jnp.float32),
-            seen=jnp.ones(n, bool),
+            seen=jnp.ones(len(gamma), bool),
         )
-        zeros = jnp.zeros(n, jnp.float32)
-        return AdaGCTransformState(
-            *core, zeros, jnp.ones(n, jnp.float32), jnp.float32(0), jnp.bool_(False)
-        )
+        return _state(core, None, len(gamma))  # the adapter's state before any update
 
     def adagc(self, grads: list[jax.Array], state: Any, cfg: AdaGCConfig) -> Any:
         assert cfg == CFG, "the executable was compiled for the harness's config"
