@@ -127,6 +127,15 @@ def torch_adapter(session: nox.Session) -> None:
     session.run("pytest", "tests/torch", "-q", *junit(session), *session.posargs)
 
 
+@nox.session(python=PYTHON)
+def integrations(session: nox.Session) -> None:
+    """HF Trainer, Lightning and accelerate with tiny random-init GPT-2s: one-line callbacks,
+    attach on wrapped optimizers, AdaGC state in optimizer.state_dict(), bit-identical
+    resume, the double-clipping guards, logged metrics, bf16 and fp16 with GradScaler."""
+    install(session, "transformers,lightning,test")
+    session.run("pytest", "tests/integrations", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON, name="distributed-torch")
 def distributed_torch(session: nox.Session) -> None:
     """Real torch.distributed (gloo, spawned ranks): DDP, FSDP2 exact/local, TP, DCP resume."""
@@ -215,6 +224,7 @@ nox.options.sessions = [
     "tests",
     "conformance",
     "torch",
+    "integrations",
     "distributed-torch",
     "lab",
     "paddle",

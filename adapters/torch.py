@@ -17,6 +17,7 @@ in place and keeps the state.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,9 +28,49 @@ from adagc import AdaGCConfig, AdaGCState, AdaGCStats, CheckpointMismatchError
 from adagc.backends._cupy_plan import Declined
 from adagc.backends.torch import fused_clip_, fused_unavailable
 
-__all__ = ["AdaGC"]
+__all__ = ["OPTIMIZER_KEY", "AdaGC", "unwrap_optimizer"]
 
 _TORCH_FORMAT = "adagc-torch/1"
+# Where an attached clipper keeps its state inside ``optimizer.state_dict()``: a key of the
+# first param group, because torch's ``Optimizer.load_state_dict`` keeps unknown group keys
+# (it drops unknown top-level keys). So a checkpoint loaded *before* ``attach`` still carries
+# the state, and ``attach`` adopts it (HF Trainer loads ``optimizer.pt`` before callbacks run).
+OPTIMIZER_KEY = "adagc"
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The ``torch.optim.Optimizer`` inside the wrappers trainers hand out (accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``: ``.optimizer`` /
+    ``._optimizer``)."""
+    opt = optimizer
+    for _ in range(8):  # wrappers of wrappers, but never a cycle
+        # A real optimizer ran Optimizer.__init__ (wrappers subclass it without doing so).
+        if isinstance(opt, torch.optim.Optimizer) and "_optimizer_step_pre_hooks" in vars(opt):
+            return opt
+        inner = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
+        if inner is None or inner is opt:
+            break
+        opt = inner
+    raise TypeError(
+        f"attach() needs a torch.optim.Optimizer or a wrapper of one with .optimizer / "
+        f"._optimizer (accelerate, Lightning), got {type(optimizer).__name__}"
+    )
+
+
+class _Attachment:
+    """The handle ``AdaGC.attach`` returns: ``remove()`` detaches the step and state hooks."""
+
+    def __init__(self, clipper: AdaGC, optimizer: torch.optim.Optimizer, handles: list[Any]):
+        self.clipper = clipper
+        self.optimizer = optimizer
+        self._handles = handles
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(self.optimizer, "_adagc_attachment", None) is self:
+            del self.optimizer._adagc_attachment  # type: ignore[attr-defined]
 
 
 def _collect(params: Any) -> tuple[list[str], list[torch.Tensor]]:
@@ -127,7 +168,17 @@ class AdaGC:
         *,
         process_group: Any = None,
         fast_path: bool | None = None,
+        **unknown: Any,
     ) -> None:
+        if "max_norm" in unknown:
+            raise TypeError(
+                "AdaGC has no max_norm: the warmup's max global norm (clip_grad_norm_'s "
+                "max_norm) is lambda_abs, e.g. AdaGC(params, lambda_abs=1.0)"
+            )
+        if unknown:
+            raise TypeError(f"AdaGC got unexpected keyword arguments {sorted(unknown)}")
+        if isinstance(params, torch.nn.Module):
+            params = params.named_parameters()  # AdaGC(model): its named parameters
         self.config = AdaGCConfig(
             lambda_rel=lambda_rel,
             beta=beta,
@@ -211,17 +262,77 @@ class AdaGC:
         if g is not None and g.device != self.state.gamma.device:
             self.state = AdaGCState(*(t.to(g.device) for t in self.state))
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Clip before every ``optimizer.step()`` (an optimizer step pre-hook). Returns the
-        removable handle: ``handle.remove()`` detaches."""
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            kind = type(optimizer).__name__
-            raise TypeError(f"attach() needs a torch.optim.Optimizer, got {kind}")
+    def attach(self, optimizer: Any) -> _Attachment:
+        """Clip before every ``optimizer.step()`` (a step pre-hook) and carry the AdaGC state in
+        ``optimizer.state_dict()`` / ``load_state_dict()``, so every trainer that checkpoints
+        the optimizer checkpoints AdaGC too. Takes a ``torch.optim.Optimizer`` or a wrapper of
+        one (accelerate, Lightning). Returns a handle; ``handle.remove()`` detaches.
 
-        def hook(opt: Any, args: Any, kwargs: Any) -> None:  # a pre-hook must return None
+        Attaching the same clipper again is a no-op returning the same handle (never two clips
+        a step); attaching a second clipper raises ``RuntimeError``. If the optimizer was loaded
+        from a checkpoint with AdaGC state before ``attach``, that state is adopted here.
+
+        Not for closures that compute gradients inside ``step(closure)`` (Lightning's automatic
+        optimization): the pre-hook runs before the closure. Use the Lightning callback there.
+        """
+        opt = unwrap_optimizer(optimizer)
+        current = getattr(opt, "_adagc_attachment", None)
+        if current is not None:
+            if current.clipper is self:
+                return current  # type: ignore[no-any-return]
+            raise RuntimeError(
+                "this optimizer already has an AdaGC clipper attached; two would clip twice per "
+                "step. Call handle.remove() on the first one's attach() handle"
+            )
+        pending = opt.param_groups[0].get(OPTIMIZER_KEY) if opt.param_groups else None
+        if pending is not None:
+            self.load_state_dict(pending)  # validated; on error nothing is changed
+            del opt.param_groups[0][OPTIMIZER_KEY]
+
+        def step_hook(o: Any, args: Any, kwargs: Any) -> None:  # a pre-hook must return None
             self.clip_()
 
-        return optimizer.register_step_pre_hook(hook)
+        def save_hook(o: Any, sd: dict[str, Any]) -> dict[str, Any]:
+            groups = [dict(g) for g in sd["param_groups"]]
+            if groups:
+                groups[0][OPTIMIZER_KEY] = self.state_dict()
+            return {**sd, "param_groups": groups}
+
+        def load_hook(o: Any, sd: dict[str, Any]) -> dict[str, Any]:
+            groups = [dict(g) for g in sd.get("param_groups", [])]
+            saved = groups[0].pop(OPTIMIZER_KEY, None) if groups else None
+            if saved is None:
+                warnings.warn(
+                    "the optimizer checkpoint has no AdaGC state (param_groups[0]"
+                    f"[{OPTIMIZER_KEY!r}]): the clipper keeps its current state (step "
+                    f"{int(self.state.step)}), it does not resume. Saved before attach()?",
+                    stacklevel=3,
+                )
+            else:
+                self.load_state_dict(saved)  # raises before the optimizer loads anything
+            return {**sd, "param_groups": groups}
+
+        handles = [
+            opt.register_step_pre_hook(step_hook),
+            opt.register_state_dict_post_hook(save_hook),
+            opt.register_load_state_dict_pre_hook(load_hook),
+        ]
+        attachment = _Attachment(self, opt, handles)
+        opt._adagc_attachment = attachment  # type: ignore[attr-defined]
+        return attachment
+
+    def metrics(self, prefix: str = "adagc/") -> dict[str, torch.Tensor]:
+        """The last step's summary as 0-d tensors (no host sync until a logger reads them):
+        ``clipped_fraction`` (share of tensors with h_i < 1), ``min_coefficient`` (min h_i)
+        and ``global_norm`` (G before clipping). Empty before the first step."""
+        s = self.last_stats
+        if s is None:
+            return {}
+        return {
+            f"{prefix}clipped_fraction": s.num_clipped.float() / max(len(self.params), 1),
+            f"{prefix}min_coefficient": s.coefficients.min().float(),
+            f"{prefix}global_norm": s.global_norm.float(),
+        }
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

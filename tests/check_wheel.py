@@ -18,6 +18,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 OPTIONAL = {
     "torch",
+    "transformers",
+    "lightning",
     "zclip",
     "jax",
     "optax",
