@@ -56,7 +56,7 @@ class AdaGCCallback(pl.Callback):
                 f"{trainer.gradient_clip_val}) clips them again: remove gradient_clip_val (the "
                 "warmup's global max norm is AdaGCCallback(lambda_abs=...))"
             )
-        if trainer.lightning_module.automatic_optimization is False:
+        if not pl_module.automatic_optimization:
             raise ValueError(
                 "AdaGCCallback needs automatic optimization; with manual optimization call "
                 "clipper.clip_() yourself (adagc.adapters.torch.AdaGC) before optimizer.step()"

@@ -276,10 +276,10 @@ class AdaGC:
         optimization): the pre-hook runs before the closure. Use the Lightning callback there.
         """
         opt = unwrap_optimizer(optimizer)
-        current = getattr(opt, "_adagc_attachment", None)
+        current: _Attachment | None = getattr(opt, "_adagc_attachment", None)
         if current is not None:
             if current.clipper is self:
-                return current  # type: ignore[no-any-return]
+                return current
             raise RuntimeError(
                 "this optimizer already has an AdaGC clipper attached; two would clip twice per "
                 "step. Call handle.remove() on the first one's attach() handle"
@@ -329,7 +329,7 @@ class AdaGC:
         if s is None:
             return {}
         return {
-            f"{prefix}clipped_fraction": s.num_clipped.float() / max(len(self.params), 1),
+            f"{prefix}clipped_fraction": s.num_clipped.float() / len(self.params),
             f"{prefix}min_coefficient": s.coefficients.min().float(),
             f"{prefix}global_norm": s.global_norm.float(),
         }
