@@ -1,4 +1,4 @@
-"""AdaGC, written once against the array protocol (SPEC §1-3).
+"""AdaGC, written once against the array protocol (spec §1-3).
 
 Every decision that depends on array values (warmup or adaptive phase, clip or not,
 non-finite step) is a ``where`` on arrays, never a Python ``if``, so this code runs under
@@ -53,7 +53,7 @@ def _as_list(grads: Any) -> list[Any]:
 
 
 def inspect_gradients(xp: ArrayBackend, grads: Sequence[Array | None]) -> Layout:
-    """Classify gradients without reading their values (SPEC §3: absent, empty, tied)."""
+    """Classify gradients without reading their values (spec §3: absent, empty, tied)."""
     used: list[Array | None] = []
     ties: list[tuple[int, int]] = []
     first: dict[int, int] = {}

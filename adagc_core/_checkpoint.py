@@ -1,4 +1,4 @@
-"""The portable checkpoint format ``adagc/1`` (SPEC §4), the same for every framework:
+"""The portable checkpoint format ``adagc/1`` (spec §4), the same for every framework:
 
     {"format": "adagc/1", "config": {...}, "step": int,
      "gamma": {name: float}, "seen": {name: bool}}

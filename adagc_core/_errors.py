@@ -1,4 +1,4 @@
-"""Exceptions raised by adagc (SPEC §3)."""
+"""Exceptions raised by adagc (spec §3)."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class ArrayBackend(Protocol):
 
 
 class Reducer(Protocol):
-    """Collectives for sharded gradients, supplied by a framework adapter (SPEC §2).
+    """Collectives for sharded gradients, supplied by a framework adapter (spec §2).
 
     ``sum_squares`` receives the ``[T]`` vector of this rank's partial sums of squares and
     returns the sums of squares of the full tensors, using one collective per distinct process

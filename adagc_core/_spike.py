@@ -1,4 +1,4 @@
-"""Spike score (SPEC §6), the instability measure of the AdaGC paper and OLMo 2.
+"""Spike score (spec §6), the instability measure of the AdaGC paper and OLMo 2.
 
 v_t is a spike when |v_t - mean(H)| >= sigma * std(H), H the previous min(window, t-1)
 evaluated values (population std, ddof 0; where std(H) == 0 any v_t != mean(H) is a spike),
@@ -36,7 +36,7 @@ def spike_score(
     min_history: int = 10,
     exclude: Iterable[int] = (),
 ) -> SpikeReport:
-    """Spike score of a series (training loss or gradient norm), SPEC §6.
+    """Spike score of a series (training loss or gradient norm), spec §6.
 
     Args:
         values: the series v_1..v_N.

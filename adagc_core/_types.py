@@ -1,4 +1,4 @@
-"""The AdaGC state and per-step statistics (SPEC §4). Both are NamedTuples, so they are
+"""The AdaGC state and per-step statistics (spec §4). Both are NamedTuples, so they are
 pytrees for JAX and plain tuples everywhere else."""
 
 from __future__ import annotations

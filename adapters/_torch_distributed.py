@@ -1,5 +1,5 @@
 """Sharded gradients for the PyTorch adapter: DTensor (FSDP2, tensor parallel) -> local shards
-plus a ``Reducer`` for the core (SPEC §2).
+plus a ``Reducer`` for the core (spec §2).
 
 - ``shard_mode="exact"``: a tensor's norm is the norm of the FULL tensor. The per-tensor partial
   sums of squares of all tensors sharded over the same process group are reduced in ONE

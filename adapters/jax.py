@@ -246,7 +246,7 @@ def _check_leaves(leaves: Sequence[Any], names: Sequence[str]) -> None:
 
 
 class _ShardMapReducer:
-    """Collectives inside ``shard_map`` (SPEC §2). ``sum_squares``: ONE ``psum`` over all of
+    """Collectives inside ``shard_map`` (spec §2). ``sum_squares``: ONE ``psum`` over all of
     ``axis_name`` of the per-leaf partial sums of squares. A leaf replicated over some of those
     axes holds the same partial sum on each of their devices, so its entry is divided by their
     size first: it counts once (exactly so for power-of-two axis sizes; Paddle's fleet does the

@@ -16,7 +16,7 @@ Bookkeeping (no algorithm logic here):
 
 - parameters with ``ParamAttr(need_clip=False)`` are passed through untouched and take no part
   in any norm (as in ``paddle.nn.ClipGradByGlobalNorm``);
-- a parameter without a gradient this step is an absent gradient (SPEC §3: h = 1, gamma
+- a parameter without a gradient this step is an absent gradient (spec §3: h = 1, gamma
   unchanged); a parameter seen for the first time joins the state with no gamma yet;
 - each optimizer parameter group keeps its own state (Paddle clips each group separately, and
   its step counter must advance once per optimizer step);
@@ -344,7 +344,7 @@ class ClipGradByAdaGC(ClipGradBase):
         self._load(records)
 
     def to_portable(self, names: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """The state in the framework-neutral ``adagc/1`` format (SPEC §4), through
+        """The state in the framework-neutral ``adagc/1`` format (spec §4), through
         ``adagc.to_portable``. ``names`` maps ``param.name`` to the name to write (e.g.
         ``{p.name: n for n, p in model.named_parameters()}``, to move a run to another
         framework); by default ``param.name`` is written."""

@@ -1,4 +1,4 @@
-"""Collectives for AdaGC on ``paddle.distributed`` process groups (SPEC §2).
+"""Collectives for AdaGC on ``paddle.distributed`` process groups (spec §2).
 
 ``PaddleReducer`` implements the core's ``Reducer`` protocol for one ordered list of tensors:
 tensor i's gradient may be sharded over some process groups (tensor-parallel weights over the

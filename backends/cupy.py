@@ -1,6 +1,6 @@
 """CuPy backend: the array protocol for ``cupy.ndarray`` and the fused CUDA fast path.
 
-Two implementations live here, as the SPEC asks of a backend with a fast path:
+Two implementations live here, as docs/spec.md asks of a backend with a fast path:
 
 - the **generic protocol** (``CupyBackend``'s small-vector and multi-tensor methods), which
   ``adagc.update(..., fused=False)`` runs and which is the fast path's oracle in the tests;

@@ -6,7 +6,7 @@ decisions are ``jnp.where`` on arrays, with no Python ``if`` on values.
 
 - Norms: ``sum(g * g)`` per tensor, accumulated in float32 for float16/bfloat16 (cast first)
   and in the tensor's own dtype otherwise, with no rescaling, so an overflowing float32 sum of
-  squares is Inf (SPEC §3).
+  squares is Inf (spec §3).
 - Scaling: every tensor is multiplied by its coefficient on the device (there is nothing to
   skip without a host read); half-precision tensors are multiplied in float32 and rounded once.
 - ``fused_update``: outside a trace, ``adagc.update`` on JAX arrays runs the same generic
@@ -241,7 +241,7 @@ def _jitted_step(
     through_update: bool = False,
 ) -> tuple[list[Any], AdaGCState, AdaGCStats]:
     # Ties are object identity, which tracing cannot see: they are resolved here, outside
-    # the trace, and the repeats enter the computation as absent (SPEC §3).
+    # the trace, and the repeats enter the computation as absent (spec §3).
     layout = inspect_gradients(BACKEND, grads)
     out, new_state, stats = _compiled(cfg, through_update)(layout.used, state)
     out = [o if u is not None else g for o, u, g in zip(out, layout.used, grads)]

@@ -1,7 +1,7 @@
 """NumPy backend (float16, float32, float64; bfloat16 through ml_dtypes when installed).
 
 On the CPU there is nothing to sync, so ``scale`` reads the coefficients on the host and
-skips tensors whose coefficient is exactly 1 (SPEC §3 "skipping is allowed").
+skips tensors whose coefficient is exactly 1 (spec §3 "skipping is allowed").
 """
 
 from __future__ import annotations

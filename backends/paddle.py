@@ -5,7 +5,7 @@ Paddle quirks handled here:
 
 - ``squared_l2_norm`` (the primitive ``paddle.nn.ClipGradByGlobalNorm`` uses) returns a
   1-element ``[1]`` tensor, not a 0-d one, and has no float16/bfloat16 CPU kernel: half
-  gradients are cast to float32 first, which is also the precision the SPEC asks for (a
+  gradients are cast to float32 first, which is also the precision docs/spec.md asks for (a
   float16 sum of squares overflows at 65504);
 - ``paddle.where`` turns a Python scalar into a *float32* tensor (an H2D copy on GPU and a
   type-promotion warning next to float64); scalars are filled in the other operand's dtype;
@@ -15,7 +15,7 @@ Paddle quirks handled here:
   float32 on its way to NumPy.
 
 On the CPU there is nothing to sync, so ``scale`` reads the coefficients h_i on the host and
-skips tensors whose coefficient is exactly 1 (SPEC §3 "skipping is allowed"), using the same
+skips tensors whose coefficient is exactly 1 (spec §3 "skipping is allowed"), using the same
 ``scale_`` kernel for the rest. On an accelerator it multiplies every tensor by its
 coefficient on the device (no ``.item()``, no host read).
 """

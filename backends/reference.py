@@ -1,8 +1,8 @@
-"""The deliberately naive reference: SPEC §1-3 as plain Python loops and ``if`` statements.
+"""The deliberately naive reference: spec §1-3 as plain Python loops and ``if`` statements.
 
 It is the test oracle (goldens, property tests) and is never used by the library. Values are
 Python floats (float64); gradients are NumPy arrays or ``None``. Keep it obvious rather than
-fast: every line should be checkable against the SPEC by eye.
+fast: every line should be checkable against docs/spec.md by eye.
 """
 
 from __future__ import annotations

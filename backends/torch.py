@@ -3,7 +3,7 @@
 
 - Norms: one ``torch._foreach_norm`` per (device, dtype) group, accumulated in float32 for
   float16/bfloat16 (``dtype=torch.float32``) and in the tensor's own dtype otherwise, with no
-  rescaling, so an overflowing float32 sum of squares comes out as Inf (SPEC §3).
+  rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3).
 - Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient.
   On the CPU the coefficients are first read on the host (nothing to sync) and tensors whose
   coefficient is exactly 1 are skipped; on accelerators nothing is read back and every tensor

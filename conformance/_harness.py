@@ -125,7 +125,7 @@ def make_harness(name: str, jit: bool = False, device: str | None = None) -> Har
 
 
 def tolerance(dtype: str) -> float:
-    """rtol of the suite: 1e-12 for float64, 1e-5 for float32 (SPEC-level agreement)."""
+    """rtol of the suite: 1e-12 for float64, 1e-5 for float32."""
     return 1e-12 if dtype == "float64" else 1e-5
 
 

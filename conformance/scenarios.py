@@ -1,4 +1,4 @@
-"""Golden scenarios: deterministic multi-step gradient sequences (SPEC §1-3 edge cases).
+"""Golden scenarios: deterministic multi-step gradient sequences (spec §1-3 edge cases).
 
 Each scenario is a config and a list of steps; a step is a list of NumPy float64 arrays,
 ``None`` (absent) or the same object as an earlier entry (a tie). ``generate_goldens`` runs

@@ -1,4 +1,4 @@
-"""Golden float64 trajectories from the naive reference (SPEC §1-3 scenarios)."""
+"""Golden float64 trajectories from the naive reference (spec §1-3 scenarios)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_golden_trajectory(harness: Harness, dtype: str, name: str, mode: str) -
 
 
 def test_goldens_cover_the_scenarios() -> None:
-    """The SPEC's scenario list is all there (a missing golden file would silently shrink
+    """The spec's scenario list is all there (a missing golden file would silently shrink
     the parametrization above)."""
     required = {
         "warmup_to_adaptive",

@@ -1,4 +1,4 @@
-"""Property tests (hypothesis): invariants of SPEC §1-3 on random gradients, and the backend
+"""Property tests (hypothesis): invariants of spec §1-3 on random gradients, and the backend
 against the naive reference on random multi-step runs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The oracle itself, against numbers worked out by hand from SPEC §1."""
+"""The oracle itself, against numbers worked out by hand from spec §1."""
 
 from __future__ import annotations
 

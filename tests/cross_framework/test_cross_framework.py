@@ -39,7 +39,7 @@ def _adapter(name: str) -> None:
 
 
 def torch_run(steps: range, ckpt: dict | None = None) -> tuple[list[list[np.ndarray]], dict]:
-    """``ckpt``: an ``adagc/1`` checkpoint to resume from (SPEC §4)."""
+    """``ckpt``: an ``adagc/1`` checkpoint to resume from (spec §4)."""
     _adapter("torch")
     import torch
 

@@ -1,5 +1,5 @@
 """Sharded gradients on 4 host devices: ``NamedSharding`` under ``jax.jit`` equals the
-unsharded run; inside ``shard_map`` ``axis_name`` selects SPEC's shard_mode: "exact" equals the
+unsharded run; inside ``shard_map`` ``axis_name`` selects the spec's shard_mode: "exact" equals the
 unsharded run with ONE ``psum`` of the per-leaf partial sums (replicated leaves counted once
 through ``param_specs``, also on a 2-D mesh), "local" (AdaGC-Shard) clips each shard by its
 own norm with only the 2-element flag/warmup-norm ``psum``; data-parallel gradients after a

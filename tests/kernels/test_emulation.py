@@ -117,7 +117,7 @@ def test_dense_non_contiguous_views_are_summed_in_memory_order() -> None:
 
 def test_float32_overflow_and_denormal_squares() -> None:
     """1e20**2 overflows float32 (a non-finite step); 1e-20**2 is a float32 denormal that the
-    kernels keep (no flush to zero): that tensor is observed, like in NumPy and the SPEC."""
+    kernels keep (no flush to zero): that tensor is observed, like in NumPy and docs/spec.md."""
     cfg = AdaGCConfig(warmup_steps=0)
     big = [np.full(4, 1e20, np.float32), np.ones(3, np.float32)]
     em = emulated_update(big, 0, np.zeros(2, np.float32), np.zeros(2, bool), cfg)

@@ -120,7 +120,7 @@ def test_need_clip_false_passes_through_and_stays_out_of_the_norm() -> None:
 
 def test_parameter_without_gradient_is_absent_then_first_observed() -> None:
     """The unused layer brings no gradient (absent: h = 1, gamma unchanged); when it first
-    brings one after warmup it is not clipped and gamma = its norm (SPEC §3)."""
+    brings one after warmup it is not clipped and gamma = its norm (spec §3)."""
     model = make_model()
     clip = ClipGradByAdaGC(warmup_steps=2)
     opt = paddle.optimizer.AdamW(1e-2, parameters=model.parameters(), grad_clip=clip)

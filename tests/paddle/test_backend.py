@@ -124,7 +124,7 @@ def test_device_path_makes_no_host_read(
     monkeypatch: pytest.MonkeyPatch, policy: str, granularity: str
 ) -> None:
     """The accelerator path (forced on the CPU) reads no value on the host in a step, in
-    warmup and in the adaptive phase, finite or not (SPEC §3 "sync-free")."""
+    warmup and in the adaptive phase, finite or not (spec §3 "sync-free")."""
     cfg = AdaGCConfig(warmup_steps=1, nonfinite=policy, granularity=granularity)  # type: ignore[arg-type]
     rng = np.random.default_rng(1)
     grads = [_t(rng.normal(size=(4, 4)) * 5, "float32"), None, _t(rng.normal(size=3), "float32")]

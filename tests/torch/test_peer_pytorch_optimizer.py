@@ -60,7 +60,7 @@ def test_same_clipping_once_warmup_is_counted_the_same_way() -> None:
 
 
 def test_zero_gradient_in_warmup_pins_their_gamma_at_zero() -> None:
-    """SPEC §3 policy: a zero gradient is 'not observed'. Theirs takes min(gamma, 0) = 0 and
+    """spec §3 policy: a zero gradient is 'not observed'. Theirs takes min(gamma, 0) = 0 and
     from then on scales that tensor's gradient to (almost) nothing."""
     ours_p, ours, theirs_p, theirs = _pair(warmup_ours=1, warmup_steps=2)
     g = _grads(0)
