@@ -14,10 +14,15 @@ state rides in ``optimizer.state_dict()``, i.e. in the checkpoint's ``optimizer.
 
 ``TrainingArguments.max_grad_norm`` (1.0 by default) would clip globally before AdaGC sees the
 gradients: the callback sets it to 0 with a warning.
+
+Trainer puts the reporting callbacks (TensorBoard, W&B, ...) before the user's, so at the end of
+``Trainer.__init__`` the callback moves itself to the front of Trainer's callback list: its
+``on_log`` then adds the AdaGC metrics before any reporter reads the log entry.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -61,6 +66,18 @@ class AdaGCCallback(transformers.TrainerCallback):
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._disable_global_clipping(args)
+        self._move_to_front(sys._getframe(1).f_locals.get("self"))
+
+    def _move_to_front(self, handler: Any) -> None:
+        """Run before the reporting callbacks (they come first in Trainer's list), so that they
+        log the AdaGC metrics. ``handler`` is the ``CallbackHandler`` calling this event; moving
+        this callback to an earlier index during its loop calls every callback once."""
+        if not isinstance(handler, transformers.trainer_callback.CallbackHandler):
+            return  # called some other way: metrics still reach log_history
+        callbacks = handler.callbacks
+        if self in callbacks and callbacks[0] is not self:
+            callbacks.remove(self)
+            callbacks.insert(0, self)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._disable_global_clipping(args)  # also when args changed after Trainer(...)

@@ -151,3 +151,42 @@ def test_grad_scaler_fp16_clips_unscaled_gradients() -> None:
     scaler.step(opt)  # unscales, then the pre-hook clips
     g = float(clipper.last_stats.global_norm)
     assert abs(g - float(raw)) / float(raw) < 1e-4  # AdaGC saw true gradient units
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_distributed_checkpoint_optimizer_state_dict_carries_the_state(tmp_path) -> None:
+    """torch.distributed.checkpoint: get_/set_state_dict keep the param-group key,
+    and dcp.save/dcp.load (single process here) write and read it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    rows = lm_rows(rows=6)
+
+    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer, AdaGC]:
+        m = tiny_gpt2()
+        o = torch.optim.AdamW(m.parameters(), lr=3e-3)
+        c = AdaGC(m, warmup_steps=2)
+        c.attach(o)
+        return m, o, c
+
+    ref, o, c = make()
+    for r in rows[:3]:
+        _step(ref, o, r)
+    msd, osd = get_state_dict(ref, o)
+    assert OPTIMIZER_KEY in osd["param_groups"][0]
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_path))
+    for r in rows[3:]:
+        _step(ref, o, r)
+
+    m, o2, c2 = make()
+    _step(m, o2, rows[0])  # give the optimizer state tensors for dcp.load to fill
+    msd, osd = get_state_dict(m, o2)
+    target = {"model": msd, "optim": osd}
+    dcp.load(target, checkpoint_id=str(tmp_path))
+    set_state_dict(m, o2, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    assert int(c2.state.step) == 3
+    for r in rows[3:]:
+        _step(m, o2, r)
+    assert torch.equal(c2.state.gamma, c.state.gamma)
+    for (n, p), (_, q) in zip(ref.named_parameters(), m.named_parameters()):
+        assert torch.equal(p, q), n

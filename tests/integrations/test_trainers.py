@@ -10,7 +10,9 @@ from .conftest import assert_same_params, lm_rows, tiny_gpt2
 transformers = pytest.importorskip("transformers")
 
 
-def _hf_trainer(out, steps: int, **kw):
+def _hf_trainer(out, steps: int, before=(), **kw):
+    """Trainer with AdaGCCallback after ``before`` (reporting callbacks come first, as
+    Trainer puts TensorBoard/W&B before the user's callbacks)."""
     from adagc.adapters.transformers import AdaGCCallback
 
     cb = AdaGCCallback(warmup_steps=2)
@@ -30,7 +32,7 @@ def _hf_trainer(out, steps: int, **kw):
     )  # max_grad_norm stays at its default 1.0: the callback turns it off
     with pytest.warns(UserWarning, match="max_grad_norm"):
         trainer = transformers.Trainer(
-            model=tiny_gpt2(), args=args, train_dataset=lm_rows(), callbacks=[cb]
+            model=tiny_gpt2(), args=args, train_dataset=lm_rows(), callbacks=[*before, cb]
         )
     return trainer, cb
 
@@ -51,11 +53,26 @@ def test_hf_trainer_resume_is_bit_identical_with_default_arguments(tmp_path) -> 
     assert_same_params(resumed.model, ref.model)
 
 
-def test_hf_trainer_bf16(tmp_path) -> None:
-    trainer, cb = _hf_trainer(tmp_path, 3, bf16=True)
+class _Reporter(transformers.TrainerCallback):
+    """Stands for TensorBoard/W&B: records the log entries it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.seen.append(dict(logs or {}))
+
+
+def test_hf_trainer_bf16_and_reporters_get_the_metrics(tmp_path) -> None:
+    reporter = _Reporter()
+    trainer, cb = _hf_trainer(tmp_path, 3, before=[reporter], bf16=True)
     trainer.train()
     assert int(cb.clipper.state.step) == 3
     assert torch.isfinite(cb.clipper.state.gamma).all()
+    losses = [e for e in reporter.seen if "loss" in e]
+    assert len(losses) == 3
+    assert all(0.0 <= e["adagc/clipped_fraction"] <= 1.0 for e in losses)
+    assert all(e["adagc/global_norm"] > 0 for e in losses)
 
 
 L = pytest.importorskip("lightning.pytorch")
