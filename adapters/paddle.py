@@ -38,6 +38,7 @@ from paddle.nn.clip import ClipGradBase
 
 import adagc
 from adagc import AdaGCConfig, AdaGCState, AdaGCStats, CheckpointMismatchError
+from adagc._checkpoint import checked_entry, checked_step
 
 from .paddle_distributed import PaddleReducer, ShardGroups, fleet_groups
 
@@ -336,11 +337,7 @@ class ClipGradByAdaGC(ClipGradBase):
                 continue
             if not isinstance(entry, Mapping) or not {"gamma", "seen", "step"} <= set(entry):
                 raise CheckpointMismatchError(f"entry {key!r} has no gamma/seen/step")
-            records[str(key)] = (
-                _host(entry["gamma"], float),
-                _host(entry["seen"], bool),
-                _host(entry["step"], int),
-            )
+            records[str(key)] = _record(str(key), entry["gamma"], entry["seen"], entry["step"])
         self._load(records)
 
     def to_portable(self, names: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -382,11 +379,11 @@ class ClipGradByAdaGC(ClipGradBase):
         for key in ("config", "step", "gamma", "seen"):
             if key not in checkpoint:
                 raise CheckpointMismatchError(f"{fmt} checkpoint has no {key!r} entry")
-        self._check_granularity(dict(checkpoint["config"]))
-        step = checkpoint["step"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise CheckpointMismatchError(f"checkpoint step must be an integer >= 0, got {step!r}")
-        gamma, seen = dict(checkpoint["gamma"]), dict(checkpoint["seen"])
+        self._check_granularity(checkpoint["config"])
+        step = checked_step(_host(checkpoint["step"]))
+        gamma, seen = checkpoint["gamma"], checkpoint["seen"]
+        if not isinstance(gamma, Mapping) or not isinstance(seen, Mapping):
+            raise CheckpointMismatchError("the checkpoint's gamma and seen must be dicts")
         if set(gamma) != set(seen):
             raise CheckpointMismatchError("the checkpoint's gamma and seen name different tensors")
         if self.config.granularity == "global":
@@ -394,16 +391,18 @@ class ClipGradByAdaGC(ClipGradBase):
                 raise CheckpointMismatchError(
                     "a granularity='global' checkpoint holds one entry", [_GLOBAL]
                 )
-            value = (_host(gamma[_GLOBAL], float), _host(seen[_GLOBAL], bool), step)
+            value = _record(_GLOBAL, gamma[_GLOBAL], seen[_GLOBAL], step)
             known = [n for g in self._groups for n in g.names]
             self._load({n: value for n in known} if known else {_GLOBAL: value})
             return
         back = {new: old for old, new in names.items()} if names else {}
-        self._load(
-            {back.get(k, k): (_host(gamma[k], float), _host(seen[k], bool), step) for k in gamma}
-        )
+        self._load({str(back.get(k, k)): _record(str(k), gamma[k], seen[k], step) for k in gamma})
 
-    def _check_granularity(self, config: Mapping[str, Any]) -> None:
+    def _check_granularity(self, config: Any) -> None:
+        if not isinstance(config, Mapping):
+            raise CheckpointMismatchError(
+                f"the checkpoint's config must be a dict, got {type(config).__name__}"
+            )
         saved = config.get("granularity", "tensor")
         if saved != self.config.granularity:
             raise CheckpointMismatchError(
@@ -518,14 +517,16 @@ def _with_dtype(state: AdaGCState, live: _Group | AdaGCState) -> AdaGCState:
     return AdaGCState(state.step.to(ref.step.place), gamma, state.seen.to(ref.seen.place))
 
 
-def _host(x: Any, kind: Callable[[Any], Any]) -> Any:
-    """A checkpoint value (a 0-d tensor after paddle.load, or a Python number) on the host."""
-    if isinstance(x, paddle.Tensor):
-        x = x.numpy()
-    try:
-        return kind(x.item() if hasattr(x, "item") else x)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointMismatchError(f"checkpoint value {x!r} is not a {kind.__name__}") from exc
+def _record(name: str, gamma: Any, seen: Any, step: Any) -> _Record:
+    """One parameter's checkpoint entry, validated by the core (``adagc._checkpoint``: gamma
+    finite and >= 0, seen a bool, step a non-negative int). Values may be 0-d Paddle
+    tensors (after ``paddle.load``) or Python/NumPy scalars."""
+    g, b = checked_entry(name, _host(gamma), _host(seen))
+    return g, b, checked_step(_host(step))
+
+
+def _host(x: Any) -> Any:
+    return x.numpy() if isinstance(x, paddle.Tensor) else x
 
 
 def _generic_update(

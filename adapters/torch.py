@@ -25,6 +25,7 @@ import torch
 
 import adagc
 from adagc import AdaGCConfig, AdaGCState, AdaGCStats, CheckpointMismatchError
+from adagc._checkpoint import GLOBAL_KEY
 from adagc.backends._cupy_plan import Declined
 from adagc.backends.torch import fused_clip_, fused_unavailable
 
@@ -112,6 +113,18 @@ def _collect(params: Any) -> tuple[list[str], list[torch.Tensor]]:
     if not tensors:
         raise ValueError("AdaGC got an empty parameter list")
     return names, tensors
+
+
+def _host_list(x: Any) -> list[Any] | None:
+    """A 1-d tensor, array or list as a list of Python scalars (their types kept: a bool
+    tensor gives bools), or ``None`` for anything else."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().tolist() if x.dim() == 1 else None
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    tolist = getattr(x, "tolist", None)
+    out = tolist() if callable(tolist) and getattr(x, "ndim", None) == 1 else None
+    return out if isinstance(out, list) else None
 
 
 def _is_dtensor(g: Any) -> bool:
@@ -348,9 +361,14 @@ class AdaGC:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load ``state_dict()`` output, or a portable ``adagc/1`` dict. A checkpoint of other
-        parameters raises ``CheckpointMismatchError`` naming them; nothing is half-loaded.
-        The live config wins over the saved one (except ``granularity``)."""
+        """Load ``state_dict()`` output, or a portable ``adagc/1`` dict. Every value is
+        validated (``adagc.from_portable``'s rules: gamma finite and >= 0, ``seen`` boolean,
+        ``step`` a non-negative integer); a checkpoint of other parameters or a bad value raises
+        ``CheckpointMismatchError`` naming it, and nothing is half-loaded. The loaded state
+        is a copy: changing ``state_dict`` afterwards does not change the clipper. The live
+        config wins over the saved one (except ``granularity``)."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         if state_dict.get("format") == adagc.CHECKPOINT_FORMAT:
             self.from_portable(state_dict)
             return
@@ -359,7 +377,13 @@ class AdaGC:
                 f"not an AdaGC checkpoint (format={state_dict.get('format')!r}); expected "
                 f"{_TORCH_FORMAT!r} from AdaGC.state_dict() or {adagc.CHECKPOINT_FORMAT!r}"
             )
-        saved = list(state_dict["names"])
+        absent = [k for k in ("config", "names", "step", "gamma", "seen") if k not in state_dict]
+        if absent:
+            raise CheckpointMismatchError(f"the {_TORCH_FORMAT} state_dict has no {absent} entry")
+        names = state_dict["names"]
+        if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+            raise CheckpointMismatchError("state_dict 'names' must be a list of parameter names")
+        saved = list(names)
         if saved != self.names:
             missing = [n for n in self.names if n not in saved]
             unexpected = [n for n in saved if n not in self.names]
@@ -369,24 +393,26 @@ class AdaGC:
                 missing,
                 unexpected,
             )
-        saved_gran = dict(state_dict["config"]).get("granularity", "tensor")
-        if saved_gran != self.config.granularity:
-            raise CheckpointMismatchError(
-                f"checkpoint granularity={saved_gran!r} but this clipper has "
-                f"granularity={self.config.granularity!r}"
-            )
-        like = self.state
-        new = AdaGCState(
-            step=torch.as_tensor(state_dict["step"]).to(like.step),
-            gamma=torch.as_tensor(state_dict["gamma"]).to(like.gamma),
-            seen=torch.as_tensor(state_dict["seen"]).to(like.seen),
-        )
-        for field, a, b in zip(("step", "gamma", "seen"), new, like):
-            if a.shape != b.shape:
+        # The same validation as every other load path: through the portable format.
+        keys = self.names if self.config.granularity == "tensor" else [GLOBAL_KEY]
+        vectors = {}
+        for field in ("gamma", "seen"):
+            values = _host_list(state_dict[field])
+            if values is None or len(values) != len(keys):
+                shape = tuple(getattr(state_dict[field], "shape", ()))
                 raise CheckpointMismatchError(
-                    f"checkpoint {field} has shape {tuple(a.shape)}, expected {tuple(b.shape)}"
+                    f"checkpoint {field} must be a vector of {len(keys)} values, got "
+                    f"{type(state_dict[field]).__name__} of shape {shape}"
                 )
-        self.state = new
+            vectors[field] = dict(zip(keys, values))
+        self.from_portable(
+            {
+                "format": adagc.CHECKPOINT_FORMAT,
+                "config": state_dict["config"],
+                "step": state_dict["step"],
+                **vectors,
+            }
+        )
 
     def to_portable(self) -> dict[str, Any]:
         """The framework-neutral ``adagc/1`` checkpoint (JSON-ready), keyed by parameter name."""

@@ -79,6 +79,7 @@ class NumpyBackend:
         inplace: bool,
     ) -> list[np.ndarray | None]:
         zero_all = zero is not None and bool(zero)
+        blas, f32 = _BLAS_DTYPES, np.float32
         out: list[np.ndarray | None] = []
         with np.errstate(over="ignore", invalid="ignore"):
             for g, h in zip(tensors, coefficients.tolist()):
@@ -92,6 +93,14 @@ class NumpyBackend:
                         out.append(np.zeros_like(g))
                 elif h == 1.0:
                     out.append(g)  # nothing to do: not read, not written
+                elif g.dtype not in blas:
+                    # float16/bfloat16: h in float32, rounded once with the product (a
+                    # float16 h flushes small coefficients to 0); buffered, no full temporary.
+                    out.append(
+                        np.multiply(
+                            g, f32(h), out=g if inplace else np.empty_like(g), casting="unsafe"
+                        )
+                    )
                 elif inplace:
                     g *= h  # a Python float keeps g's dtype (NEP 50) and is the fastest form
                     out.append(g)

@@ -185,6 +185,9 @@ def _like(value: Any, other: paddle.Tensor) -> paddle.Tensor:
     return paddle.full_like(other, value)
 
 
+_HALF = (paddle.float16, paddle.bfloat16)
+
+
 def _scale_host(
     tensors: Sequence[paddle.Tensor | None],
     coefficients: paddle.Tensor,
@@ -201,6 +204,9 @@ def _scale_host(
             out.append(g.zero_() if inplace else paddle.zeros_like(g))
         elif h == 1.0:
             out.append(g)  # nothing to do: not read, not written
+        elif g.dtype in _HALF:  # h in float32, rounded once with the product
+            r32 = g.astype(paddle.float32).scale_(h)
+            out.append(paddle.assign(r32.astype(g.dtype), g) if inplace else r32.astype(g.dtype))
         elif inplace:
             out.append(g.scale_(h))
         else:
@@ -214,7 +220,7 @@ def _scale_device(
     zero: paddle.Tensor | None,
     inplace: bool,
 ) -> list[paddle.Tensor | None]:
-    """Accelerator: multiply on the device by h_i cast to each gradient's dtype; no host read.
+    """Accelerator: multiply on the device by h_i (float32 for half gradients); no host read.
     Under ``zero`` every tensor is masked to 0 with a fill (0 * Inf would be NaN)."""
     by_dtype: dict[Any, list[paddle.Tensor]] = {}
     out: list[paddle.Tensor | None] = []
@@ -222,8 +228,9 @@ def _scale_device(
         if g is None:
             out.append(None)
             continue
-        if g.dtype == paddle.float16 and g.place.is_cpu_place():
-            # No float16 multiply kernel on the CPU: multiply in float32, write back.
+        if g.dtype in _HALF:
+            # h_i in float32, rounded once with the product: rounding h_i to float16 first
+            # would flush a small coefficient to 0 (spec §3, precision).
             r32 = paddle.multiply(g.astype(paddle.float32), coefficients[i])
             r = paddle.assign(r32.astype(g.dtype), g) if inplace else r32.astype(g.dtype)
         else:

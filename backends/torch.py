@@ -4,7 +4,8 @@
 - Norms: one ``torch._foreach_norm`` per (device, dtype) group, accumulated in float32 for
   float16/bfloat16 (``dtype=torch.float32``) and in the tensor's own dtype otherwise, with no
   rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3).
-- Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient.
+- Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient
+  (float16/bfloat16 tensors are multiplied in float32 and rounded once).
   On the CPU the coefficients are first read on the host (nothing to sync) and tensors whose
   coefficient is exactly 1 are skipped; on accelerators nothing is read back and every tensor
   of a group is multiplied on the device.
@@ -82,6 +83,19 @@ def _index(idx: list[int], device: torch.device) -> torch.Tensor:
     return t
 
 
+def _mul_half(
+    group: list[torch.Tensor], coefs: list[torch.Tensor], inplace: bool
+) -> list[torch.Tensor]:
+    """float16/bfloat16 tensors times float32 h_i, computed in float32 and rounded once: a
+    half-precision h_i would flush small coefficients to 0 (spec §3, precision). One tensor
+    at a time, so the float32 temporary is one tensor's, not the group's."""
+    res = []
+    for g, c in zip(group, coefs):
+        prod = g.float().mul_(c)
+        res.append(g.copy_(prod) if inplace else prod.to(g.dtype))
+    return res
+
+
 class TorchBackend:
     """The ``ArrayBackend`` protocol for ``torch.Tensor``."""
 
@@ -153,10 +167,13 @@ class TorchBackend:
         # floats for 4,000 small tensors (4.7 vs 9.0 ms).
         for (_, dt), idx in _groups(chosen).items():
             group: list[torch.Tensor] = [t for t in (chosen[i] for i in idx) if t is not None]
-            coefs = list(coefficients[_index(idx, coefficients.device)].to(dt).unbind())
+            picked = coefficients[_index(idx, coefficients.device)]
+            coefs = list((picked if dt in _HALF else picked.to(dt)).unbind())
             with torch.no_grad():
                 res: list[torch.Tensor]
-                if inplace:
+                if dt in _HALF:
+                    res = _mul_half(group, coefs, inplace)
+                elif inplace:
                     torch._foreach_mul_(group, coefs)  # type: ignore[arg-type]
                     res = group
                 else:

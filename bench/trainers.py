@@ -140,7 +140,7 @@ def lightning_step_ms(mode: str, steps: int) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    loader = torch.utils.data.DataLoader(_rows(steps * BATCH), batch_size=BATCH)  # type: ignore[arg-type]
+    loader: Any = torch.utils.data.DataLoader(_rows(steps * BATCH), batch_size=BATCH)  # type: ignore[arg-type]
     trainer.fit(LM(), loader)
     return _median_step(stamps)
 

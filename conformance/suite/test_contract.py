@@ -224,3 +224,71 @@ def test_portable_checkpoint_round_trip(harness: Harness, dtype: str) -> None:
             harness.init(grads, cfg.replace(granularity="global")),
             cfg.replace(granularity="global"),
         )
+
+
+def test_half_precision_coefficient_is_applied_in_float32(harness: Harness) -> None:
+    """h_i multiplies in float32 and the product is rounded once: 2**20 float16 elements of
+    60000 clipped to lambda_abs=1 have h ~ 1.6e-8, which float16 would flush to 0."""
+    try:
+        g = harness.asarray(np.full(2**20, 60000.0), "float16")
+    except (TypeError, ValueError, KeyError):
+        pytest.skip(f"{harness.id} has no float16")
+    cfg = AdaGCConfig(warmup_steps=5, lambda_abs=1.0)
+    (out,), _, _ = harness.update([g], harness.init([g], cfg), cfg)
+    got = harness.to_numpy(out).astype(np.float64)
+    assert math.isclose(float(np.sqrt(np.sum(got * got))), 1.0, rel_tol=2e-3)
+
+
+BAD_VALUES = [
+    ("gamma", -1.0, "finite, >= 0"),
+    ("gamma", float("nan"), "finite"),
+    ("gamma", float("inf"), "finite"),
+    ("gamma", 1e300, "at most"),  # beyond float32: it would load as Inf
+    ("gamma", 10**400, "finite"),
+    ("gamma", "0.5", "must be a number"),
+    ("gamma", True, "must be a number"),
+    ("gamma", None, "must be a number"),
+    ("seen", "false", "True or False"),
+    ("seen", 1, "True or False"),
+    ("seen", 0.0, "True or False"),
+    ("step", -7, "outside"),
+    ("step", 2.9, "non-negative integer"),
+    ("step", 3.0, "non-negative integer"),
+    ("step", True, "non-negative integer"),
+    ("step", "3", "non-negative integer"),
+    ("step", 2**70, "outside"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "match"), BAD_VALUES)
+def test_checkpoint_values_are_validated(harness: Harness, field: str, value, match: str) -> None:
+    cfg = AdaGCConfig(warmup_steps=1)
+    grads = harness.grads(_grads(0), "float32")
+    state = harness.init(grads, cfg)
+    _, state, _ = harness.update(grads, state, cfg)
+    names = ["a.weight", "b.bias", "c.weight"]
+    ckpt = adagc.to_portable(state, cfg, names)
+    if field == "step":
+        ckpt["step"] = value
+    else:
+        ckpt[field]["b.bias"] = value
+    with pytest.raises(CheckpointMismatchError, match=match) as info:
+        adagc.from_portable(ckpt, harness.init(grads, cfg), cfg, names)
+    if field != "step":
+        assert "'b.bias'" in str(info.value)
+
+
+def test_checkpoint_numpy_scalars_are_accepted(harness: Harness) -> None:
+    cfg = AdaGCConfig(warmup_steps=1)
+    grads = harness.grads(_grads(0), "float32")
+    names = ["a", "b", "c"]
+    ckpt = {
+        "format": "adagc/1",
+        "config": cfg.to_dict(),
+        "step": np.int64(4),
+        "gamma": {n: np.float32(0.5) for n in names},
+        "seen": {n: np.bool_(True) for n in names},
+    }
+    loaded = adagc.from_portable(ckpt, harness.init(grads, cfg), cfg, names)
+    assert harness.host_state(loaded)[0] == 4
+    np.testing.assert_array_equal(harness.to_numpy(loaded.gamma), [0.5, 0.5, 0.5])

@@ -331,6 +331,18 @@ def test_portable_checkpoint_keyed_by_key_paths() -> None:
     with pytest.raises(CheckpointMismatchError, match="block.b") as info:
         from_portable(ckpt, adagc_tx(**KW).init(other), other, CFG)
     assert "extra" in info.value.missing and "block.b" in info.value.unexpected
+    for field, value, match in [
+        ("gamma", -1.0, "finite, >= 0"),
+        ("seen", "false", "True or False"),
+        ("step", 2**31, "outside"),  # beyond the int32 counter JAX uses without x64
+    ]:
+        bad = json.loads(json.dumps(ckpt))
+        if field == "step":
+            bad["step"] = value if not jax.config.jax_enable_x64 else 2**63
+        else:
+            bad[field]["embed"] = value
+        with pytest.raises(CheckpointMismatchError, match=match):
+            from_portable(bad, tx.init(tree), tree, CFG)
 
 
 # -- bad input --------------------------------------------------------------------------------

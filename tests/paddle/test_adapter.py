@@ -526,3 +526,37 @@ def test_is_a_paddle_grad_clip() -> None:
     assert isinstance(clip, paddle.nn.clip.ClipGradBase)
     assert "lambda_rel=1.05" in str(clip)
     assert clip.config == adagc.AdaGCConfig(lambda_rel=1.05)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("gamma", paddle.to_tensor(-1.0), "finite, >= 0"),
+        ("gamma", float("inf"), "finite"),
+        ("gamma", "0.5", "must be a number"),
+        ("gamma", True, "must be a number"),
+        ("seen", "false", "True or False"),
+        ("seen", paddle.to_tensor(1.0), "True or False"),
+        ("step", paddle.to_tensor(-7), "outside"),
+        ("step", 2.9, "non-negative integer"),
+    ],
+)
+def test_checkpoint_values_are_validated_and_nothing_loads(field, value, match) -> None:
+    _, _, clip = _trained(fixed=True)
+    before = host_state(clip)
+    sd = clip.state_dict()
+    sd[clip.last_names[0]][field] = value
+    with pytest.raises(CheckpointMismatchError, match=match):
+        clip.set_state_dict(sd)
+    assert_same_state(host_state(clip), before)
+    ckpt = clip.to_portable()
+    if field == "step":
+        ckpt["step"] = value
+    else:
+        ckpt[field][clip.last_names[0]] = value
+    with pytest.raises(CheckpointMismatchError, match=match):
+        clip.from_portable(ckpt)
+    assert_same_state(host_state(clip), before)
+    pending = ClipGradByAdaGC(warmup_steps=2)  # no parameters yet: still checked at load
+    with pytest.raises(CheckpointMismatchError, match=match):
+        pending.set_state_dict(sd)

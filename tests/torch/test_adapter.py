@@ -206,3 +206,45 @@ def test_float64_model_keeps_float64_state_and_half_grads_float32() -> None:
     clipper = AdaGC(TinyLM().bfloat16().parameters(), warmup_steps=0)
     assert clipper.state.gamma.dtype == torch.float32
     assert AdaGCConfig() == AdaGC(TinyLM().parameters()).config
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda sd: sd["gamma"].__setitem__(1, -0.5), "gamma of 'hidden.weight'.*finite, >= 0"),
+        (lambda sd: sd["gamma"].__setitem__(0, float("nan")), "finite"),
+        (lambda sd: sd.__setitem__("step", torch.tensor(-7)), "outside"),
+        (lambda sd: sd.__setitem__("step", torch.tensor(2.9)), "non-negative integer"),
+        (lambda sd: sd.__setitem__("step", True), "non-negative integer"),
+        (lambda sd: sd.__setitem__("seen", sd["seen"].float()), "True or False"),
+        (lambda sd: sd.__setitem__("gamma", sd["gamma"][:2]), "vector of"),
+        (lambda sd: sd.__setitem__("gamma", sd["gamma"][0]), "vector of"),
+        (lambda sd: sd.pop("seen"), "no \\['seen'\\] entry"),
+        (lambda sd: sd.__setitem__("names", "embed.weight"), "names"),
+        (lambda sd: sd.__setitem__("config", "tensor"), "config"),
+    ],
+)
+def test_state_dict_values_are_validated_and_nothing_changes(edit, match) -> None:
+    m = TinyLM()
+    clipper = _trained_clipper(m)
+    sd = clipper.state_dict()
+    edit(sd)
+    other = AdaGC(m.named_parameters(), warmup_steps=1)
+    before = [t.clone() for t in other.state]
+    with pytest.raises(CheckpointMismatchError, match=match):
+        other.load_state_dict(sd)
+    for a, b in zip(other.state, before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_loaded_state_shares_no_memory_with_the_checkpoint() -> None:
+    m = TinyLM()
+    clipper = _trained_clipper(m)
+    sd = clipper.state_dict()
+    other = AdaGC(m.named_parameters(), warmup_steps=1)
+    other.load_state_dict(sd)
+    kept = other.state.gamma.clone()
+    sd["gamma"].fill_(-1.0)
+    sd["step"].fill_(0)
+    torch.testing.assert_close(other.state.gamma, kept, rtol=0, atol=0)
+    assert int(other.state.step) == int(clipper.state.step)
