@@ -21,7 +21,12 @@ from ._checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ._checkpoint import from_portable, to_portable
 from ._config import AdaGCConfig
 from ._dispatch import get_backend, register_backend, registered_backends
-from ._errors import CheckpointMismatchError, NonFiniteGradientError, StateMismatchError
+from ._errors import (
+    CheckpointMismatchError,
+    NonFiniteGradientError,
+    NotWritableError,
+    StateMismatchError,
+)
 from ._protocol import ArrayBackend, Reducer
 from ._spike import SpikeReport, spike_score
 from ._types import AdaGCState, AdaGCStats
@@ -36,6 +41,7 @@ __all__ = [
     "ArrayBackend",
     "CheckpointMismatchError",
     "NonFiniteGradientError",
+    "NotWritableError",
     "Reducer",
     "SpikeReport",
     "StateMismatchError",

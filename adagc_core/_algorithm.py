@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._config import AdaGCConfig
-from ._dispatch import backend_for, get_backend
-from ._errors import NonFiniteGradientError, StateMismatchError
+from ._dispatch import backend_for, check_owner, get_backend
+from ._errors import NonFiniteGradientError, NotWritableError, StateMismatchError
 from ._protocol import Array, ArrayBackend, DType, Reducer
 from ._types import AdaGCState, AdaGCStats
 
@@ -87,6 +87,8 @@ def _resolve_backend(
     backend: str | ArrayBackend | None, grads: Sequence[Any], state: AdaGCState | None
 ) -> ArrayBackend:
     if backend is not None:
+        if isinstance(backend, str):
+            check_owner(backend, [*grads, None if state is None else state.gamma])
         return get_backend(backend)
     fallback = () if state is None else (state.gamma,)
     # The state must come from the same framework as the gradients.
@@ -151,6 +153,10 @@ def update(
     if not isinstance(state, AdaGCState):
         raise TypeError(
             f"state must be an AdaGCState from adagc.init(...), got {type(state).__name__}"
+        )
+    if names is not None and len(names) != len(grads):
+        raise ValueError(
+            f"got {len(names)} names for {len(grads)} gradients; give one per gradient"
         )
     xp = _resolve_backend(backend, grads, state)
     if inplace and not xp.supports_inplace:
@@ -277,7 +283,12 @@ def _generic_update(
         seen=xp.where(bad, seen, seen_new),
     )
     zero = bad if cfg.nonfinite == "zero" else None
-    clipped = xp.scale(layout.used, applied, zero, inplace)
+    try:
+        clipped = xp.scale(layout.used, applied, zero, inplace)
+    except NotWritableError as exc:  # raised before anything was written: add the name
+        if names is None or exc.index >= len(names):
+            raise
+        raise NotWritableError(exc.index, exc.why, names[exc.index]) from None
     out: list[Array | None] = [
         c if u is not None else g for c, u, g in zip(clipped, layout.used, grads)
     ]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Literal
 
-__all__ = ["GRANULARITIES", "NONFINITE_POLICIES", "SHARD_MODES", "AdaGCConfig"]
+__all__ = ["GRANULARITIES", "MAX_STEPS", "NONFINITE_POLICIES", "SHARD_MODES", "AdaGCConfig"]
+
+# The largest warmup_steps: JAX keeps the step counter k in int32 without x64.
+MAX_STEPS = 2**31 - 1
 
 Granularity = Literal["tensor", "global"]
 ShardMode = Literal["exact", "local"]
@@ -52,13 +56,17 @@ class AdaGCConfig:
         _real("beta", self.beta)
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"beta must satisfy 0 <= beta < 1, got {self.beta!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+        ws = self.warmup_steps
+        if isinstance(ws, bool) or not isinstance(ws, numbers.Integral):
             raise ValueError(
-                f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r} "
-                f"({type(self.warmup_steps).__name__})"
+                f"warmup_steps must be an integer >= 0, got {_show(ws)} ({type(ws).__name__})"
             )
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not 0 <= ws <= MAX_STEPS:
+            raise ValueError(
+                f"warmup_steps must be an integer in [0, {MAX_STEPS}] (the step counter is "
+                f"int32 in JAX without x64), got {_show(ws)}"
+            )
+        object.__setattr__(self, "warmup_steps", int(ws))
         _positive("lambda_abs", self.lambda_abs)
         _positive("eps", self.eps)
         _choice("granularity", self.granularity, GRANULARITIES)
@@ -69,9 +77,11 @@ class AdaGCConfig:
                 "granularity='global' cannot be combined with shard_mode='local': a single "
                 "global gamma needs the full norm. Use shard_mode='exact' or granularity='tensor'."
             )
-        # Normalise numbers to plain Python floats so configs compare and serialise cleanly.
+        # Normalise to plain Python floats and strs so configs compare and serialise cleanly.
         for name in ("lambda_rel", "beta", "lambda_abs", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("granularity", "shard_mode", "nonfinite"):
+            object.__setattr__(self, name, str(getattr(self, name)))
 
     def replace(self, **changes: Any) -> AdaGCConfig:
         """Return a copy with ``changes`` applied (and validated)."""
@@ -93,20 +103,32 @@ class AdaGCConfig:
         return cls(**data)
 
 
-def _real(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+def _show(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _real(name: str, value: object) -> float:
+    """``value`` as a float: any real number (Python or NumPy, not a bool) that is finite
+    as a float64 (10**400 is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name} must be a real number, got {_show(value)} ({type(value).__name__})"
+        )
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {_show(value)}")
+    return f
 
 
 def _positive(name: str, value: object) -> None:
-    _real(name, value)
-    assert isinstance(value, (int, float))
-    if value <= 0:
+    if _real(name, value) <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:  # an array would compare elementwise
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")

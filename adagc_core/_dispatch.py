@@ -144,3 +144,25 @@ def backend_for(arrays: Sequence[Any], fallback: Sequence[Any] = ()) -> ArrayBac
             "All gradients (and the state) must come from one framework."
         )
     return get_backend(next(iter(names)))
+
+
+def check_owner(name: str, arrays: Sequence[Any]) -> None:
+    """For ``backend=name`` (a registered name): raise ``TypeError`` when the arrays belong to
+    another registered framework (``backend="numpy"`` with torch tensors). Types no
+    registered backend owns are left to the named backend."""
+    if name not in _REGISTRY:
+        return
+    kinds = {type(x): x for x in arrays if x is not None}  # one check per distinct type
+    for x in kinds.values():
+        if _TYPE_CACHE.get(type(x)) == name:
+            continue
+        try:
+            owner = _name_for_type(x)
+        except TypeError:
+            continue
+        if owner != name:
+            raise TypeError(
+                f"backend={name!r} but the arrays are {owner} arrays "
+                f"({type(x).__module__}.{type(x).__qualname__}); pass backend={owner!r} or "
+                "leave backend=None to detect it"
+            )

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CheckpointMismatchError", "NonFiniteGradientError", "StateMismatchError"]
+__all__ = [
+    "CheckpointMismatchError",
+    "NonFiniteGradientError",
+    "NotWritableError",
+    "StateMismatchError",
+]
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -31,6 +36,21 @@ class NonFiniteGradientError(FloatingPointError):
         ``names`` (or by index)."""
         labels = list(names) if names is not None else [str(i) for i in range(len(finite))]
         return cls([labels[i] for i, ok in enumerate(finite) if not ok])
+
+
+class NotWritableError(ValueError):
+    """``inplace=True`` but a gradient cannot be written (a read-only or broadcast NumPy
+    view, an expanded torch tensor). Raised before any gradient is written, so nothing is
+    half-clipped; ``index`` is the gradient's position (the core adds its name)."""
+
+    def __init__(self, index: int, why: str, name: str | None = None) -> None:
+        self.index = index
+        self.why = why
+        label = repr(name) if name is not None else str(index)
+        super().__init__(
+            f"gradient {label} cannot be clipped in place: {why}. Nothing was modified; pass "
+            "a writable array (e.g. a copy) or call update(..., inplace=False)"
+        )
 
 
 class StateMismatchError(ValueError):

@@ -83,7 +83,9 @@ class ArrayBackend(Protocol):
 
         ``zero`` is ``None`` or a bool scalar; where it is true every tensor becomes exactly 0
         (with ``where``, since 0 * Inf is NaN). A tensor whose coefficient is 1 may be returned
-        as is (no copy). With ``inplace`` the input arrays are written and returned.
+        as is (no copy). With ``inplace`` the input arrays are written and returned; every
+        array to be written is checked first (``NotWritableError(index, why)``), so a failed
+        in-place step writes nothing.
         """
         ...
 

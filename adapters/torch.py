@@ -17,6 +17,7 @@ in place and keeps the state.
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -113,6 +114,22 @@ def _collect(params: Any) -> tuple[list[str], list[torch.Tensor]]:
     if not tensors:
         raise ValueError("AdaGC got an empty parameter list")
     return names, tensors
+
+
+def _warn_unclipped(opt: torch.optim.Optimizer, known: set[int]) -> None:
+    new = [
+        f"param_groups[{i}][{j}] {tuple(p.shape)}"
+        for i, group in enumerate(opt.param_groups)
+        for j, p in enumerate(group["params"])
+        if id(p) not in known and p.requires_grad
+    ]
+    if new:
+        warnings.warn(
+            f"AdaGC: {len(new)} optimizer parameter(s) added after the clipper was built are "
+            f"not clipped: {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}. Build the "
+            "clipper from all parameters (or a new one after add_param_group)",
+            stacklevel=4,
+        )
 
 
 def _host_list(x: Any) -> list[Any] | None:
@@ -212,6 +229,15 @@ class AdaGC:
             [p.detach() for p in self.params], self.config, backend="torch"
         )
         self.last_stats: AdaGCStats | None = None
+        # One step at a time: two threads stepping one clipper would lose updates of k.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # copy/pickle: a lock cannot be copied
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         c = self.config
@@ -223,7 +249,12 @@ class AdaGC:
 
     @torch.no_grad()
     def clip_(self) -> AdaGCStats:
-        """Clip every parameter's ``.grad`` in place; return this step's ``AdaGCStats``."""
+        """Clip every parameter's ``.grad`` in place; return this step's ``AdaGCStats``.
+        Thread-safe: calls from several threads are serialised (one step each)."""
+        with self._lock:
+            return self._clip()
+
+    def _clip(self) -> AdaGCStats:
         grads: list[Any] = []
         for name, p in zip(self.names, self.params):
             g = p.grad
@@ -269,11 +300,22 @@ class AdaGC:
         return None
 
     def _follow_device(self, grads: list[Any]) -> None:
-        """Move the state to the gradients' device (e.g. the model moved after construction).
-        Devices are static metadata: no sync."""
+        """Move the state to the gradients' device (e.g. the model moved after construction),
+        and promote gamma to float64 when every gradient became float64 (``model.double()``
+        after construction: a float32 gamma would take norms above 3.4e38 for non-finite
+        steps). Devices and dtypes are static metadata: no sync."""
         g = next((g for g in grads if g is not None), None)
-        if g is not None and g.device != self.state.gamma.device:
+        if g is None:
+            return
+        if g.device != self.state.gamma.device:
             self.state = AdaGCState(*(t.to(g.device) for t in self.state))
+        gamma = self.state.gamma
+        if (
+            g.dtype == torch.float64
+            and gamma.dtype != torch.float64
+            and all(x is None or x.dtype == torch.float64 for x in grads)
+        ):
+            self.state = self.state._replace(gamma=gamma.double())
 
     def attach(self, optimizer: Any) -> _Attachment:
         """Clip before every ``optimizer.step()`` (a step pre-hook) and carry the AdaGC state in
@@ -302,7 +344,15 @@ class AdaGC:
             self.load_state_dict(pending)  # validated; on error nothing is changed
             del opt.param_groups[0][OPTIMIZER_KEY]
 
+        known = {id(p) for p in self.params}
+        counted = [sum(len(g["params"]) for g in opt.param_groups)]
+        _warn_unclipped(opt, known)
+
         def step_hook(o: Any, args: Any, kwargs: Any) -> None:  # a pre-hook must return None
+            n = sum(len(g["params"]) for g in o.param_groups)
+            if n != counted[0]:  # parameters added after attach(): say so once
+                counted[0] = n
+                _warn_unclipped(o, known)
             self.clip_()
 
         def save_hook(o: Any, sd: dict[str, Any]) -> dict[str, Any]:

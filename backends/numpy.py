@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from adagc._errors import NotWritableError
 from adagc._protocol import DType
 
 __all__ = ["BACKEND", "NumpyBackend"]
@@ -80,9 +81,14 @@ class NumpyBackend:
     ) -> list[np.ndarray | None]:
         zero_all = zero is not None and bool(zero)
         blas, f32 = _BLAS_DTYPES, np.float32
+        h_list = coefficients.tolist()
+        if inplace:  # check every array to be written before writing any
+            for i, (g, h) in enumerate(zip(tensors, h_list)):
+                if g is not None and (zero_all or h != 1.0) and not g.flags.writeable:
+                    raise NotWritableError(i, "the NumPy array is read-only (a broadcast view?)")
         out: list[np.ndarray | None] = []
         with np.errstate(over="ignore", invalid="ignore"):
-            for g, h in zip(tensors, coefficients.tolist()):
+            for g, h in zip(tensors, h_list):
                 if g is None:
                     out.append(None)
                 elif zero_all:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adagc._errors import NotWritableError
 from adagc._protocol import DType
 
 from ._cupy_plan import Declined
@@ -83,6 +84,29 @@ def _index(idx: list[int], device: torch.device) -> torch.Tensor:
     return t
 
 
+def _reject_layouts(tensors: Sequence[torch.Tensor | None]) -> None:
+    """A clear error for the gradients AdaGC does not take (torch's own is raw)."""
+    for i, g in enumerate(tensors):
+        if g is not None and g.layout != torch.strided:
+            raise TypeError(
+                f"gradient {i} is a {g.layout} tensor; AdaGC clips dense (strided) gradients. "
+                "Convert it with .to_dense(), or leave that parameter out of the clipper"
+            )
+
+
+def _check_writable(tensors: Sequence[torch.Tensor | None]) -> None:
+    """Before any in-place write (metadata only, no sync): a tensor whose elements share
+    memory (a stride 0 over a dimension of size > 1, as ``expand`` makes) would fail
+    half-way through the step."""
+    for i, g in enumerate(tensors):
+        if (
+            g is not None
+            and not g.is_contiguous()
+            and any(st == 0 and n > 1 for st, n in zip(g.stride(), g.shape))
+        ):
+            raise NotWritableError(i, "its elements share memory (an expanded or broadcast tensor)")
+
+
 def _mul_half(
     group: list[torch.Tensor], coefs: list[torch.Tensor], inplace: bool
 ) -> list[torch.Tensor]:
@@ -131,7 +155,11 @@ class TorchBackend:
         for (_, dt), idx in groups.items():
             group = [tensors[i] for i in idx]
             acc = torch.float32 if dt in _HALF else None
-            norms = torch._foreach_norm(group, 2, dtype=acc)  # type: ignore[arg-type]
+            try:
+                norms = torch._foreach_norm(group, 2, dtype=acc)  # type: ignore[arg-type]
+            except (NotImplementedError, RuntimeError):
+                _reject_layouts(tensors)
+                raise
             sq = torch.stack(norms).to(out_dtype)
             parts.append((idx, sq * sq))  # squares of norms: Inf where the sum overflowed
         idx0, sq0 = parts[0]
@@ -155,6 +183,8 @@ class TorchBackend:
             # The CPU has nothing to sync: read h on the host, decide "zero" there and skip
             # h == 1 tensors (neither read nor written).
             if zero is not None and bool(zero):
+                if inplace:
+                    _check_writable(tensors)
                 for i, g in enumerate(tensors):
                     if g is not None:
                         out[i] = g.zero_() if inplace else torch.zeros_like(g)
@@ -162,6 +192,8 @@ class TorchBackend:
             h = coefficients.tolist()
             chosen = [g if h[i] != 1.0 else None for i, g in enumerate(tensors)]
             zero = None
+        if inplace:
+            _check_writable(chosen)
         # Each tensor times its own 0-d coefficient, read on the device (no host read there).
         # The TensorList overload: on the CPU it takes half the time of a list of Python
         # floats for 4,000 small tensors (4.7 vs 9.0 ms).
