@@ -52,6 +52,10 @@ def _as_list(grads: Any) -> list[Any]:
     raise TypeError(f"grads must be a list or tuple of arrays (or None), got {kind}.{hint}")
 
 
+def _never() -> bool:
+    return False
+
+
 def inspect_gradients(xp: ArrayBackend, grads: Sequence[Array | None]) -> Layout:
     """Classify gradients without reading their values (spec §3: absent, empty, tied)."""
     used: list[Array | None] = []
@@ -61,11 +65,14 @@ def inspect_gradients(xp: ArrayBackend, grads: Sequence[Array | None]) -> Layout
     # One tight loop: with thousands of small tensors this runs on every step. Empty tensors
     # need no case of their own: their sum of squares is 0, so they are "not observed".
     setdefault, dtype_first = first.setdefault, by_dtype.setdefault
+    # Under a graph compiler (torch.compile) identities are not looked at: a guard on each
+    # gradient's id() would recompile every step. Adapters pass each parameter once.
+    ties_checked = not getattr(xp, "compiling", _never)()
     for j, g in enumerate(grads):
         if g is None:
             used.append(None)
             continue
-        i = setdefault(id(g), j)
+        i = setdefault(id(g), j) if ties_checked else j
         if i != j:
             ties.append((j, i))
             used.append(None)

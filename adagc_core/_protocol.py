@@ -15,7 +15,10 @@ Optional members a backend may add:
 - ``fused_update(grads, state, cfg, *, inplace, reducer, names)``: a fused implementation of the
   whole step with ``update``'s result, or ``None`` to decline (the generic path then runs and
   stays its oracle in the tests);
-- ``quiet()``: a context manager silencing the framework's NaN/Inf warnings during a step.
+- ``quiet()``: a context manager silencing the framework's NaN/Inf warnings during a step;
+- ``compiling()``: True while a graph compiler traces the step (``torch.compile``): the core
+  then skips the identity-based tie check, whose per-gradient ``id()`` a tracer would guard
+  on (a recompile every step).
 """
 
 from __future__ import annotations

@@ -99,6 +99,11 @@ def _state(core: AdaGCState, stats: AdaGCStats | None, n: int) -> AdaGCTransform
     step, gamma, seen = core
     if stats is None:
         dt = gamma.dtype
+        if not is_traced(gamma):
+            # Uncommitted, like every optax init state: a jitted train step given a mix of
+            # committed and uncommitted arrays compiles again once its outputs (all
+            # committed) come back; all uncommitted, it compiles once.
+            step, gamma, seen = (jnp.asarray(np.asarray(x)) for x in (step, gamma, seen))
         zeros, ones = jnp.zeros(n, dt), jnp.ones(n, dt)
         return AdaGCTransformState(
             step, gamma, seen, zeros, ones, jnp.zeros((), dt), jnp.zeros((), bool)

@@ -251,6 +251,8 @@ class AdaGC:
     def clip_(self) -> AdaGCStats:
         """Clip every parameter's ``.grad`` in place; return this step's ``AdaGCStats``.
         Thread-safe: calls from several threads are serialised (one step each)."""
+        if torch.compiler.is_compiling():  # dynamo cannot trace a lock; compiled code is
+            return self._clip()  # the caller's to serialise
         with self._lock:
             return self._clip()
 

@@ -126,6 +126,12 @@ class TorchBackend:
     name = "torch"
     supports_inplace = True
 
+    @staticmethod
+    def compiling() -> bool:
+        """Inside ``torch.compile`` (the core then skips identity checks dynamo would guard
+        on per step)."""
+        return torch.compiler.is_compiling()
+
     def asarray(self, data: Any, dtype: DType, like: Any = None) -> torch.Tensor:
         device = like.device if isinstance(like, torch.Tensor) else None
         if isinstance(data, torch.Tensor):
@@ -179,7 +185,7 @@ class TorchBackend:
     ) -> list[torch.Tensor | None]:
         out: list[torch.Tensor | None] = list(tensors)
         chosen: Sequence[torch.Tensor | None] = tensors
-        if coefficients.device.type == "cpu":
+        if coefficients.device.type == "cpu" and not torch.compiler.is_compiling():
             # The CPU has nothing to sync: read h on the host, decide "zero" there and skip
             # h == 1 tensors (neither read nor written).
             if zero is not None and bool(zero):

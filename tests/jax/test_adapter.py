@@ -386,3 +386,22 @@ def test_bad_config_and_axis_name() -> None:
         adagc_tx(config={"beta": 0.9})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="axis_name"):
         adagc_tx(axis_name=["x", ["y"]])
+
+
+def test_a_jitted_train_step_compiles_once() -> None:
+    """tx.init's state has the placement its updates return: no second compile."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    tx = optax.chain(adagc_tx(warmup_steps=1), optax.adamw(1e-3))
+    opt_state = tx.init(params)
+
+    def loss(p, x):
+        return jnp.sum((x @ p["w"] + p["b"]) ** 2)
+
+    @jax.jit
+    def train_step(p, s, x):
+        u, s = tx.update(jax.grad(loss)(p, x), s, p)
+        return optax.apply_updates(p, u), s
+
+    for i in range(3):
+        params, opt_state = train_step(params, opt_state, jnp.ones((2, 4)) * (i + 1))
+    assert train_step._cache_size() == 1

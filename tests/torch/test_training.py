@@ -40,17 +40,24 @@ def test_gradscaler_skips_nonfinite_step_and_state_is_unchanged(text_bytes) -> N
     assert int(clipper.state.step) == 5
 
 
-def test_torch_compile_matches_eager() -> None:
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_torch_compile_matches_eager_and_does_not_recompile(backend: str) -> None:
+    """12 steps of a fixed model: at most two graphs (the first step fills an index
+    cache), the recompile limit never reached, results as in eager mode."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
     a, b = TinyLM(), TinyLM()
     b.load_state_dict(a.state_dict())
-    ca = AdaGC(a.parameters(), warmup_steps=1)
-    cb = AdaGC(b.parameters(), warmup_steps=1)
-    compiled = torch.compile(cb.clip_)
-    for step in range(3):
+    ca = AdaGC(a.parameters(), warmup_steps=3)
+    cb = AdaGC(b.parameters(), warmup_steps=3)
+    compiled = torch.compile(cb.clip_, backend=backend)
+    for step in range(12):
         gen = torch.Generator().manual_seed(step)
         for p, q in zip(a.parameters(), b.parameters()):
-            p.grad = torch.randn(p.shape, generator=gen) * (1 + 5 * step)
+            p.grad = torch.randn(p.shape, generator=gen) * (1 + 5 * (step % 4))
             q.grad = p.grad.clone()
         sa = ca.clip_()
         sb = compiled()
@@ -58,6 +65,9 @@ def test_torch_compile_matches_eager() -> None:
         for p, q in zip(a.parameters(), b.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(ca.state.gamma, cb.state.gamma, rtol=1e-6, atol=0)
+    assert int(cb.state.step) == 12
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 class SignSGD(torch.optim.Optimizer):
