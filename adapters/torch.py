@@ -433,7 +433,7 @@ class AdaGC:
         if absent:
             raise CheckpointMismatchError(f"the {_TORCH_FORMAT} state_dict has no {absent} entry")
         names = state_dict["names"]
-        if isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise CheckpointMismatchError("state_dict 'names' must be a list of parameter names")
         saved = list(names)
         if saved != self.names:

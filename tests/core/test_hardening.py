@@ -50,3 +50,14 @@ def test_names_must_match_the_gradients() -> None:
     g = [np.ones(2), np.full(2, np.inf)]
     with pytest.raises(ValueError, match="3 names for 2 gradients"):
         adagc.update(g, adagc.init(g), AdaGCConfig(nonfinite="raise"), names=["a", "b", "c"])
+
+
+def test_two_views_of_one_storage_are_two_tensors_as_documented() -> None:
+    """spec §3: views are not detected; each is clipped by its own coefficient."""
+    base = np.full(8, 2.0)
+    a, b = base[:6], base[2:]  # overlap in base[2:6]
+    cfg = AdaGCConfig(warmup_steps=3, lambda_abs=1.0)
+    _, _, stats = adagc.update([a, b], adagc.init([a, b], cfg), cfg, inplace=True)
+    assert float(stats.global_norm) == pytest.approx(np.sqrt(2 * 6 * 4.0))  # counted twice
+    h = float(stats.coefficients[0])
+    np.testing.assert_allclose(base[2:6], 2.0 * h * h)  # the shared part scaled twice
