@@ -14,6 +14,8 @@ Venvs are pip-based; ``constraints.txt`` pins the versions CI tests with. Rows m
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +24,12 @@ import nox
 ROOT = Path(__file__).parent
 CONSTRAINTS = str(ROOT / "constraints.txt")
 RESULTS = ROOT / ".ci" / "results"
-PYTHON = "3.11"
+# Sessions run on the Python that runs nox (any of 3.10-3.13); CI pins its own with
+# ADAGC_NOX_PYTHON=3.11 (.ci/run), the Python the tested framework builds are for.
+PYTHON = os.environ.get("ADAGC_NOX_PYTHON") or None
 GPU = os.environ.get("ADAGC_GPU") == "1"
+# The oldest and newest supported Pythons, checked by ``compat`` when the machine has them.
+COMPAT_PYTHONS = ("3.10", "3.13")
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = True
@@ -207,6 +213,60 @@ def cross_framework(session: nox.Session) -> None:
     session.run("pytest", "tests/cross_framework", "-q", *junit(session), *session.posargs)
 
 
+def find_python(version: str) -> str | None:
+    """An interpreter for ``version`` on this machine: ``pythonX.Y`` on PATH that runs, or a
+    pyenv install (whose shim answers only when that version is selected)."""
+    candidates = [shutil.which(f"python{version}")]
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in root.glob(f"{version}.*/bin/python{version}"))
+    for exe in candidates:
+        if exe and subprocess.run([exe, "-c", "pass"], capture_output=True).returncode == 0:
+            return exe
+    return None
+
+
+@nox.session(python=PYTHON)
+def compat(session: nox.Session) -> None:
+    """The core's tests and the NumPy conformance row on the oldest and newest supported
+    Pythons present (3.10 and 3.13); a missing one is skipped with a warning. The frameworks'
+    tests run on CI's Python (see the README's install table)."""
+    for version in COMPAT_PYTHONS:
+        exe = find_python(version)
+        if exe is None:
+            session.warn(f"compat: no Python {version} on this machine; skipped")
+            continue
+        venv = Path(session.create_tmp()) / f"py{version}"
+        session.run(exe, "-m", "venv", "--clear", str(venv), external=True)
+        py = str(venv / "bin" / "python")
+        session.run(
+            py,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            CONSTRAINTS,
+            "-e",
+            ".[test]",
+            "array-api-strict",
+            external=True,
+        )
+        suffix = "-" + version.replace(".", "")
+        session.run(py, "-m", "pytest", "tests/core", "-q", *junit(session, suffix), external=True)
+        session.run(py, "-m", "adagc.conformance.generate_goldens", "--check", external=True)
+        session.run(
+            py,
+            "-m",
+            "adagc.conformance",
+            "--backend",
+            "numpy",
+            "--",
+            "-q",
+            *junit(session, suffix + "-conformance"),
+            external=True,
+        )
+
+
 @nox.session(python=PYTHON)
 def package(session: nox.Session) -> None:
     """Build the wheel, install it (not editable) into this fresh venv, import every module."""
@@ -232,5 +292,6 @@ nox.options.sessions = [
     "distributed-jax",
     "cross-framework",
     "kernels",
+    "compat",
     "package",
 ]

@@ -43,6 +43,16 @@ def ref_init(num_tensors: int, cfg: AdaGCConfig) -> RefState:
     return RefState(step=0, gamma=[0.0] * n, seen=[False] * n)
 
 
+def fsum_sq(values: Sequence[float]) -> float:
+    """Sum of squares, correctly rounded (``math.fsum``), so the oracle's last bits do not
+    depend on the Python version (3.12 changed the built-in ``sum`` of floats); Inf when it
+    overflows, NaN with a NaN."""
+    try:
+        return math.fsum(v * v for v in values)
+    except OverflowError:  # finite squares whose exact sum exceeds float64
+        return math.inf
+
+
 def _norm(g: Any) -> float:
     total = 0.0
     for x in np.asarray(g, dtype=np.float64).ravel().tolist():
@@ -66,7 +76,7 @@ def ref_update(
     counted = [grads[j] is not None and twin[j] is None and np.size(grads[j]) > 0 for j in range(T)]
 
     norms = [_norm(grads[j]) if counted[j] else 0.0 for j in range(T)]
-    G = math.sqrt(sum(n * n for n in norms))
+    G = math.sqrt(fsum_sq(norms))
     nonfinite = any(not math.isfinite(n) for n in norms) or not math.isfinite(G)
     warmup = state.step < cfg.warmup_steps
     eps = cfg.eps
@@ -147,5 +157,5 @@ def ref_update(
             out.append(np.asarray(g, dtype=np.float64) * coef[j])
     stats.coefficients = coef
     stats.num_clipped = num_clipped
-    stats.clipped_global_norm = math.sqrt(sum((coef[i] * norms[i]) ** 2 for i in range(T)))
+    stats.clipped_global_norm = math.sqrt(fsum_sq([coef[i] * norms[i] for i in range(T)]))
     return out, new_state, stats

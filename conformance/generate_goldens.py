@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from adagc import AdaGCConfig, NonFiniteGradientError
-from adagc.backends.reference import RefState, ref_init, ref_update
+from adagc.backends.reference import RefState, fsum_sq, ref_init, ref_update
 
 from .scenarios import SCENARIOS, Scenario
 
@@ -80,7 +80,7 @@ def _margins_ok(grads: list[Any], state: RefState, cfg: AdaGCConfig) -> bool:
             ids.add(id(g))
     if not all(math.isfinite(n) for n in norms):
         return True
-    G = math.sqrt(sum(n * n for n in norms))
+    G = math.sqrt(fsum_sq(norms))
 
     def far(x: float, t: float) -> bool:
         return abs(x - t) >= MARGIN * abs(t)
@@ -147,6 +147,23 @@ def dumps(traj: dict[str, Any]) -> str:
     return json.dumps(traj, separators=(",", ":"), allow_nan=True) + "\n"
 
 
+def differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """The leaves at which two decoded goldens differ, as ``(path, old, new)``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{where}[{i}]")
+        ]
+    same = old == new or (
+        isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)
+    )
+    return [] if same else [(where, old, new)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if committed files differ")
@@ -157,8 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         text = dumps(build(sc))
         path = GOLDENS / f"{sc.name}.json"
         if ns.check:
-            if not path.exists() or path.read_text() != text:
+            if not path.exists():
                 stale.append(path.name)
+                print(f"{path.name}: missing")
+            elif path.read_text() != text:
+                stale.append(path.name)
+                diffs = differences(json.loads(path.read_text()), json.loads(text))
+                print(f"{path.name}: {len(diffs)} value(s) differ (committed -> regenerated):")
+                for where, old, new in diffs[:5]:
+                    print(f"  {where}: {old!r} -> {new!r}")
         else:
             path.write_text(text)
             print(f"wrote {path.name} ({len(text) // 1024} KiB)")
