@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -292,3 +293,52 @@ def test_checkpoint_numpy_scalars_are_accepted(harness: Harness) -> None:
     loaded = adagc.from_portable(ckpt, harness.init(grads, cfg), cfg, names)
     assert harness.host_state(loaded)[0] == 4
     np.testing.assert_array_equal(harness.to_numpy(loaded.gamma), [0.5, 0.5, 0.5])
+
+
+# -- accuracy at scale ------------------------------------------------------------------------
+
+SCALE_N = 130_000_000  # about a 32000 x 4096 embedding (Llama-2 7B)
+
+
+@functools.cache
+def _big_normal() -> np.ndarray:
+    """Normal values, built fast: one 2**20-block of draws, each copy of it scaled by its own
+    factor in [0.25, 4) (as a tensor's rows differ in scale)."""
+    rng = np.random.default_rng(7)
+    block = rng.standard_normal(1 << 20, dtype=np.float32)
+    out = np.empty(SCALE_N, np.float32)
+    for i, f in zip(range(0, SCALE_N, block.size), rng.uniform(0.25, 4.0, 200)):
+        n = min(block.size, SCALE_N - i)
+        np.multiply(block[:n], np.float32(f), out=out[i : i + n])
+    return out
+
+
+def float64_sum_squares(x: np.ndarray) -> float:
+    """The exact-enough reference: float64 dots over 4M-element chunks."""
+    total = 0.0
+    for i in range(0, x.size, 1 << 22):
+        c = x[i : i + (1 << 22)].astype(np.float64)
+        total += float(c @ c)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
+def test_norm_of_a_large_tensor_is_accurate(harness: Harness, kind: str) -> None:
+    """n_i of one 1.3e8-element tensor within 1e-6 (relative) of a float64 sum: decisions
+    compare n_i with lambda_rel * gamma_i = 1.04 gamma_i, so a drifting sum moves them."""
+    host = _big_normal()
+    make = harness.backend.asarray  # from float32 directly: no 1 GB float64 staging copy
+    if kind == "bfloat16":
+        try:
+            g = make(host, "bfloat16", like=harness.like)
+        except (TypeError, ValueError, KeyError):
+            pytest.skip(f"{harness.id} has no bfloat16")
+        host = harness.to_numpy(g).astype(np.float32)  # the values the backend holds
+    else:
+        g = make(host, "float32", like=harness.like)
+    cfg = AdaGCConfig(warmup_steps=1, lambda_abs=1e30)  # h = 1: nothing is scaled
+    _, _, stats = harness.update([g], harness.init([g], cfg), cfg)
+    got = float(harness.to_numpy(stats.norms)[0])
+    want = math.sqrt(float64_sum_squares(host))
+    assert abs(got / want - 1) <= 1e-6, f"norm {got!r} vs float64 {want!r}"
+    del g, stats
