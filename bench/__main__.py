@@ -1,7 +1,9 @@
 """``python -m adagc.bench --backend numpy [--sets gpt2,small] [--repeats 15]``
 
 Prints, per gradient set and scenario, the median time of one AdaGC step next to the
-framework's own global-norm clipping measured in the same process, and their ratio.
+framework's own global-norm clipping measured in the same process, and their ratio; then a
+"limit" row: the time the step's memory traffic (read every gradient, write the clipped ones)
+takes at the copy bandwidth measured in the same run (its last column: that bandwidth).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import platform
 import sys
 
 from .gradsets import GRADSETS
-from .harness import SCENARIOS, load_plugin, run_case
+from .harness import SCENARIOS, limit_row, load_plugin, run_case
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in sets:
         gradset = GRADSETS[name]()
         for scenario in scenarios:
-            for r in run_case(plugin, gradset, scenario, ns.repeats, progress=progress):
+            rows = run_case(plugin, gradset, scenario, ns.repeats, progress=progress)
+            floor = limit_row(plugin, gradset, scenario, rows[0].baseline_ms, ns.repeats)
+            for r in rows + ([floor] if floor is not None else []):
                 if show:
                     print("\r" + " " * 64 + "\r", end="", file=sys.stderr)
                 extra = "n/a" if r.extra_mib is None else f"{r.extra_mib:.1f}"
+                if r.method == "limit":
+                    extra = f"{extra} GB/s"
                 print(
                     f"{r.gradset:<12} {r.scenario:<12} {r.method:<16} {r.median_ms:>10.3f} "
                     f"{r.baseline_ms:>12.3f} {r.ratio:>7.3f} {extra:>10}",

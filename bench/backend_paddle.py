@@ -10,6 +10,7 @@ placed state handed to its (single) parameter group.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,15 @@ class PaddlePlugin:
         self.global_clip = paddle.nn.ClipGradByGlobalNorm(0.99 * total)
         self.adapter = ClipGradByAdaGC(warmup_steps=10, parameters=params)
         return grads
+
+    def copier(self, grads: list[paddle.Tensor]) -> Callable[[], None]:
+        dst = [paddle.empty_like(g) for g in grads]
+
+        def copy() -> None:
+            for d, g in zip(dst, grads):
+                paddle.assign(g, d)
+
+        return copy
 
     def sync(self) -> None:
         if not paddle.get_device().startswith("cpu"):

@@ -42,6 +42,10 @@ class TorchPlugin:
         self.clipper = AdaGC(self.params, warmup_steps=10)
         return grads  # type: ignore[return-value]
 
+    def copier(self, grads: list[torch.Tensor]) -> Callable[[], None]:
+        dst = [torch.empty_like(g) for g in grads]
+        return lambda: torch._foreach_copy_(dst, grads)
+
     def sync(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()

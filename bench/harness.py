@@ -14,7 +14,13 @@ A backend plug-in (``adagc.bench.backend_<name>``) defines ``PLUGIN``, an object
 - optional ``check()``: raise ``RuntimeError`` (with what to do) when the plug-in cannot run
   here, e.g. no GPU; ``python -m adagc.bench`` then exits with that message;
 - optional ``notes(gradset) -> list[str]``: comment lines printed after each gradient set
-  (e.g. bandwidths measured on the same data).
+  (e.g. bandwidths measured on the same data);
+- optional ``copier(grads) -> callable()``: copies every gradient once into preallocated
+  buffers (the memory-bandwidth yardstick of the "limit" row).
+
+The "limit" row of each case is the physical floor of one AdaGC step: read every gradient
+once and write the clipped ones (``(1 + fraction) * bytes``), at the copy bandwidth measured on
+the same gradients in the same run (a copy reads and writes each byte: ``2 * bytes / time``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from adagc import AdaGCConfig
 
 from .gradsets import GradSet
 
-__all__ = ["Result", "load_plugin", "run_case"]
+__all__ = ["Result", "limit_row", "load_plugin", "run_case"]
 
 CFG = AdaGCConfig(warmup_steps=10)
 SCENARIOS = {"steady": 0.2, "all-clipped": 1.0}
@@ -130,3 +136,22 @@ def run_case(
             )
         )
     return results
+
+
+def limit_row(
+    plugin: Any, gradset: GradSet, scenario: str, baseline_ms: float, repeats: int
+) -> Result | None:
+    """The "limit" row: ``(1 + fraction) * bytes`` at the copy bandwidth measured now, or
+    ``None`` when the plug-in has no ``copier``. ``extra_mib`` carries the bandwidth (GB/s)."""
+    copier = getattr(plugin, "copier", None)
+    if copier is None:
+        return None
+    grads = plugin.make_grads(gradset.shapes, seed=0)
+    copy = copier(grads)
+    times = [_timed(plugin, copy) for _ in range(2 + repeats)][2:]
+    nbytes = 4 * gradset.numel  # float32 gradient sets
+    bandwidth = 2 * nbytes / (statistics.median(times) / 1e3)  # bytes/s, read + write
+    floor_ms = (1 + SCENARIOS[scenario]) * nbytes / bandwidth * 1e3
+    return Result(
+        plugin.name, gradset.name, scenario, "limit", floor_ms, baseline_ms, bandwidth / 1e9
+    )

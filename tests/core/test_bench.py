@@ -9,9 +9,15 @@ def test_bench_numpy_small_set_prints_the_table(run_python) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("small-4000")]
-    assert {(r[1], r[2]) for r in rows} == {("steady", "adagc"), ("all-clipped", "adagc")}
+    assert {(r[1], r[2]) for r in rows} == {
+        ("steady", "adagc"),
+        ("all-clipped", "adagc"),
+        ("steady", "limit"),
+        ("all-clipped", "limit"),
+    }
     for r in rows:
         assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0
+    assert all(r[-1] == "GB/s" for r in rows if r[2] == "limit")
 
 
 def test_bench_bad_arguments_exit_2(run_python) -> None:
