@@ -29,6 +29,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +44,11 @@ from adagc._checkpoint import checked_entry, checked_step
 
 from .paddle_distributed import PaddleReducer, ShardGroups, fleet_groups
 
-__all__ = ["ClipGradByAdaGC", "PaddleReducer", "fleet_groups"]
+__all__ = ["OPTIMIZER_KEY", "ClipGradByAdaGC", "PaddleReducer", "fleet_groups"]
 
 FORMAT = "adagc-paddle/1"
+# The key of the AdaGC state inside the optimizer's ``state_dict()`` once the clip is bound.
+OPTIMIZER_KEY = "adagc"
 _META = "@adagc"
 _BACKEND = "paddle"
 _GLOBAL = "__global__"
@@ -139,6 +143,7 @@ class ClipGradByAdaGC(ClipGradBase):
         self._pending: dict[str, Any] | None = None  # a checkpoint waiting for its parameters
         self.last_stats: AdaGCStats | None = None
         self.last_names: list[str] = []
+        self._optimizer: Any = None  # the optimizer this clip is the grad_clip of (bound)
         if parameters is not None:
             self._register(parameters)
 
@@ -218,6 +223,8 @@ class ClipGradByAdaGC(ClipGradBase):
     # -- the step --------------------------------------------------------------------------
     @paddle.no_grad()
     def _dygraph_clip(self, params_grads: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        if self._optimizer is None:
+            self._bind(_calling_optimizer(self))
         where, params, grads_in = [], [], []
         for k, (p, g) in enumerate(params_grads):
             if g is None or getattr(p, "need_clip", True) is False:
@@ -288,6 +295,42 @@ class ClipGradByAdaGC(ClipGradBase):
         if self.fast_path and step is not None:  # required: no silent fallback inside it
             return functools.partial(step, required=True)
         return step
+
+    # -- the optimizer's checkpoint -----------------------------------------------------------
+    def _bind(self, opt: Any) -> None:
+        """Carry the AdaGC state in ``opt.state_dict()`` / ``opt.set_state_dict()``.
+
+        Paddle optimizers have no state-dict hooks, so on its first step the clip finds the
+        optimizer calling it (the one whose ``_grad_clip`` it is) and wraps those two methods
+        of that instance. A checkpoint loaded into the optimizer *before* that first step
+        waits in Paddle's ``_accumulators_holder``; its AdaGC entry is adopted here."""
+        if opt is None:
+            return
+        self._optimizer = opt
+        holder = getattr(opt, "_accumulators_holder", None)
+        saved = holder.pop(OPTIMIZER_KEY, None) if isinstance(holder, dict) else None
+        if saved is not None:
+            self.set_state_dict(saved)
+        elif holder:
+            _warn_missing("the optimizer state loaded before the first step")
+        save, load = opt.state_dict, opt.set_state_dict
+
+        def state_dict() -> dict[str, Any]:
+            out = save()
+            out[OPTIMIZER_KEY] = self.state_dict()
+            return out
+
+        def set_state_dict(state_dict: Mapping[str, Any]) -> None:
+            rest = dict(state_dict)
+            mine = rest.pop(OPTIMIZER_KEY, None)
+            if mine is None:
+                _warn_missing("this optimizer state")
+            else:
+                self.set_state_dict(mine)  # validated first: a bad one loads nothing
+            load(rest)
+
+        opt.state_dict = state_dict
+        opt.set_state_dict = opt.load_state_dict = set_state_dict
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -480,6 +523,29 @@ class ClipGradByAdaGC(ClipGradBase):
         )
 
     _pir_clip = _static_clip
+
+
+def _calling_optimizer(clip: ClipGradByAdaGC) -> Any:
+    """The ``paddle.optimizer.Optimizer`` whose ``step()`` is calling ``clip`` (a few frames
+    up: ``step`` -> ``_apply_optimize`` -> ``_grad_clip(...)``), or ``None`` when the clip is
+    called some other way."""
+    frame = sys._getframe(2)
+    for _ in range(12):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, paddle.optimizer.Optimizer) and owner._grad_clip is clip:
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _warn_missing(what: str) -> None:
+    warnings.warn(
+        f"ClipGradByAdaGC: {what} has no AdaGC state ({OPTIMIZER_KEY!r}); the clipper keeps "
+        "its current state and does not resume. Was it saved before the first step?",
+        stacklevel=3,
+    )
 
 
 def _check_param(p: Any) -> None:

@@ -560,3 +560,53 @@ def test_checkpoint_values_are_validated_and_nothing_loads(field, value, match) 
     pending = ClipGradByAdaGC(warmup_steps=2)  # no parameters yet: still checked at load
     with pytest.raises(CheckpointMismatchError, match=match):
         pending.set_state_dict(sd)
+
+
+def test_the_state_rides_in_the_optimizer_checkpoint(tmp_path) -> None:
+    """paddle.save(opt.state_dict()) carries AdaGC; loading it before the first step (the
+    usual resume) resumes bit-identically; once bound, the optimizer's set_state_dict loads
+    it too; a state without it warns. (Each run in its own unique_name scope, as a fresh
+    process would be: Paddle matches optimizer accumulators by generated names.)"""
+
+    def make() -> tuple[ByteModel, paddle.optimizer.AdamW, ClipGradByAdaGC]:
+        model = make_model()
+        clip = ClipGradByAdaGC(warmup_steps=2)
+        opt = paddle.optimizer.AdamW(1e-2, parameters=model.parameters(), grad_clip=clip)
+        return model, opt, clip
+
+    with unique_name.guard():
+        ref_model, ref_opt, ref_clip = make()
+        for step in range(6):
+            train_step(ref_model, ref_opt, step)
+
+    with unique_name.guard():
+        model, opt, _ = make()
+        for step in range(3):
+            train_step(model, opt, step)
+        assert "adagc" in opt.state_dict()
+        paddle.save(model.state_dict(), str(tmp_path / "m.pdparams"))
+        paddle.save(opt.state_dict(), str(tmp_path / "o.pdopt"))
+
+    with unique_name.guard():
+        model2, opt2, clip2 = make()  # the usual resume: loaded before the first step
+        model2.set_state_dict(paddle.load(str(tmp_path / "m.pdparams")))
+        opt2.set_state_dict(paddle.load(str(tmp_path / "o.pdopt")))
+        for step in range(3, 6):
+            train_step(model2, opt2, step)
+        assert_same_state(host_state(clip2), host_state(ref_clip))
+        for k, v in params_of(ref_model).items():
+            np.testing.assert_array_equal(params_of(model2)[k], v, err_msg=k)
+        # once bound, the optimizer's own set_state_dict loads the AdaGC state too
+        saved, before = opt2.state_dict(), host_state(clip2)
+        train_step(model2, opt2, 6)
+        opt2.set_state_dict(saved)
+        assert_same_state(host_state(clip2), before)
+
+    with unique_name.guard():
+        model3, opt3, _ = make()
+        plain = {k: v for k, v in paddle.load(str(tmp_path / "o.pdopt")).items() if k != "adagc"}
+        opt3.set_state_dict(plain)
+        with pytest.warns(UserWarning, match="no AdaGC state"):
+            train_step(model3, opt3, 3)
+        with pytest.warns(UserWarning, match="no AdaGC state"):
+            opt3.set_state_dict(plain)
