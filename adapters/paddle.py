@@ -529,7 +529,7 @@ def _calling_optimizer(clip: ClipGradByAdaGC) -> Any:
     """The ``paddle.optimizer.Optimizer`` whose ``step()`` is calling ``clip`` (a few frames
     up: ``step`` -> ``_apply_optimize`` -> ``_grad_clip(...)``), or ``None`` when the clip is
     called some other way."""
-    frame = sys._getframe(2)
+    frame: Any = sys._getframe(2)
     for _ in range(12):
         if frame is None:
             break
