@@ -149,9 +149,11 @@ def backend_for(arrays: Sequence[Any], fallback: Sequence[Any] = ()) -> ArrayBac
 def check_owner(name: str, arrays: Sequence[Any]) -> None:
     """For ``backend=name`` (a registered name): raise ``TypeError`` when the arrays belong to
     another registered framework (``backend="numpy"`` with torch tensors). Types no
-    registered backend owns are left to the named backend."""
+    registered backend owns are left to the named backend, and so are the frameworks it
+    lists in its optional ``accepts`` (JAX takes NumPy arrays)."""
     if name not in _REGISTRY:
         return
+    accepted = tuple(getattr(get_backend(name), "accepts", ()))
     kinds = {type(x): x for x in arrays if x is not None}  # one check per distinct type
     for x in kinds.values():
         if _TYPE_CACHE.get(type(x)) == name:
@@ -160,7 +162,7 @@ def check_owner(name: str, arrays: Sequence[Any]) -> None:
             owner = _name_for_type(x)
         except TypeError:
             continue
-        if owner != name:
+        if owner != name and owner not in accepted:
             raise TypeError(
                 f"backend={name!r} but the arrays are {owner} arrays "
                 f"({type(x).__module__}.{type(x).__qualname__}); pass backend={owner!r} or "

@@ -16,6 +16,8 @@ Optional members a backend may add:
   whole step with ``update``'s result, or ``None`` to decline (the generic path then runs and
   stays its oracle in the tests);
 - ``quiet()``: a context manager silencing the framework's NaN/Inf warnings during a step;
+- ``accepts``: names of other registered frameworks whose arrays this backend takes
+  (JAX: ``("numpy",)``), so ``backend=`` with those arrays is not refused;
 - ``compiling()``: True while a graph compiler traces the step (``torch.compile``): the core
   then skips the identity-based tie check, whose per-gradient ``id()`` a tracer would guard
   on (a recompile every step).

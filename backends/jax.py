@@ -87,6 +87,7 @@ class JaxBackend:
     """The ``ArrayBackend`` protocol for ``jax.Array``."""
 
     name = "jax"
+    accepts = ("numpy",)  # jnp takes NumPy arrays: backend="jax" on them is fine
     supports_inplace = False
 
     # -- host <-> backend --------------------------------------------------------------
