@@ -154,8 +154,12 @@ def check_owner(name: str, arrays: Sequence[Any]) -> None:
     if name not in _REGISTRY:
         return
     accepted = tuple(getattr(get_backend(name), "accepts", ()))
-    kinds = {type(x): x for x in arrays if x is not None}  # one check per distinct type
-    for x in kinds.values():
+    # The first array and the state's: a step per call must stay O(1) here (mixed
+    # frameworks inside one list are refused by detection when backend=None).
+    first = next((x for x in arrays if x is not None), None)
+    for x in (first, arrays[-1]):
+        if x is None:
+            continue
         if _TYPE_CACHE.get(type(x)) == name:
             continue
         try:

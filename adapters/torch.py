@@ -264,7 +264,8 @@ class AdaGC:
                 raise TypeError(f"AdaGC does not support sparse gradients ({name!r})")
             grads.append(g)
         reducer = None
-        if any(_is_dtensor(g) for g in grads):
+        # DTensor gradients exist only once torch.distributed.tensor was imported.
+        if "torch.distributed.tensor" in sys.modules and any(_is_dtensor(g) for g in grads):
             from adagc.adapters._torch_distributed import localize
 
             grads, reducer = localize(self.params, grads, self.process_group)

@@ -87,6 +87,7 @@ def _index(idx: list[int], device: torch.device) -> torch.Tensor:
 # CPU tensors above this many elements are summed in rows (see _rows_sum_squares).
 _CHUNK = 1 << 15
 _STRIDED = torch.strided
+_numel = torch.Tensor.numel
 
 
 def _rows_sum_squares(g: torch.Tensor, acc: torch.dtype | None) -> torch.Tensor:
@@ -187,7 +188,7 @@ class TorchBackend:
             # float32 elements): those are summed row by row instead (_rows_sum_squares).
             big = (
                 [k for k, g in enumerate(group) if g.numel() > _CHUNK and g.layout == _STRIDED]
-                if dev.type == "cpu"
+                if dev.type == "cpu" and max(map(_numel, group)) > _CHUNK
                 else []
             )
             skip = set(big)

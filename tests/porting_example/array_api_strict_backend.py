@@ -62,7 +62,13 @@ class ArrayApiStrictBackend:
                 out.append(xp.asarray(0.0, dtype=_DTYPES[dtype]))
             else:
                 flat = xp.reshape(g, (-1,))
-                out.append(xp.astype(xp.vecdot(flat, flat), _DTYPES[dtype]))
+                # Chunks with float64 partial sums: one dot over 1e8 float32 elements drifts
+                # by ~3e-3, and the conformance suite asks for 1e-6 (spec, norm accuracy).
+                total = xp.asarray(0.0, dtype=xp.float64)
+                for i in range(0, flat.shape[0], 1 << 16):
+                    c = flat[i : min(i + (1 << 16), flat.shape[0])]
+                    total = total + xp.astype(xp.vecdot(c, c), xp.float64)
+                out.append(xp.astype(total, _DTYPES[dtype]))
         return xp.stack(out) if out else xp.zeros((0,), dtype=_DTYPES[dtype])
 
     def scale(
