@@ -182,7 +182,7 @@ class TorchBackend:
         groups = _groups(tensors)
         parts = []
         for (dev, dt), idx in groups.items():
-            group = [tensors[i] for i in idx]
+            group: list[Any] = [tensors[i] for i in idx]  # no None: _groups skips them
             acc = torch.float32 if dt in _HALF else None
             # On the CPU, torch's norms of large tensors drift (1.6e-2 relative at 1.3e8
             # float32 elements): those are summed row by row instead (_rows_sum_squares).
