@@ -26,6 +26,13 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.manual_seed(0)
 
 
+def _finish() -> None:
+    """Leave together: a rank tearing gloo down while a peer still talks to it can abort
+    the peer ("terminate called without an active exception", seen once in CI under load)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(16, 33), nn.ReLU(), nn.Linear(33, 8))  # 33: uneven shards
@@ -112,7 +119,7 @@ def fsdp_worker(rank: int, world: int, port: int, mode: str, out: str) -> None:
     if mode == "exact":
         torch.testing.assert_close(clip.state.gamma, ref_clip.state.gamma, rtol=1e-6, atol=0)
     _write(out, rank, {"all_reduce_sizes_per_step": counts})
-    dist.destroy_process_group()
+    _finish()
 
 
 def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -138,7 +145,7 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         for p, q in zip(model.parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
     _write(out, rank, {"all_reduce_sizes_per_step": counts})
-    dist.destroy_process_group()
+    _finish()
 
 
 def tp_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -172,7 +179,7 @@ def tp_worker(rank: int, world: int, port: int, out: str) -> None:
             torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-6, atol=1e-7)
     placements = [str(p.grad.placements) for p in model.parameters()]
     _write(out, rank, {"all_reduce_sizes_per_step": counts, "placements": placements})
-    dist.destroy_process_group()
+    _finish()
 
 
 def dcp_worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
@@ -223,4 +230,4 @@ def dcp_worker(rank: int, world: int, port: int, ckpt: str, out: str) -> None:
         assert torch.equal(a, b), "resumed training differs"
     torch.testing.assert_close(clip.state.gamma, clip2.state.gamma, rtol=0, atol=0)
     _write(out, rank, {"resumed_bit_identical": True})
-    dist.destroy_process_group()
+    _finish()
