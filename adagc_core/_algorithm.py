@@ -95,7 +95,7 @@ def _resolve_backend(
 ) -> ArrayBackend:
     if backend is not None:
         if isinstance(backend, str):
-            check_owner(backend, [*grads, None if state is None else state.gamma])
+            check_owner(backend, grads, None if state is None else state.gamma)
         return get_backend(backend)
     fallback = () if state is None else (state.gamma,)
     # The state must come from the same framework as the gradients.

@@ -146,24 +146,22 @@ def backend_for(arrays: Sequence[Any], fallback: Sequence[Any] = ()) -> ArrayBac
     return get_backend(next(iter(names)))
 
 
-def check_owner(name: str, arrays: Sequence[Any]) -> None:
-    """For ``backend=name`` (a registered name): raise ``TypeError`` when the arrays belong to
-    another registered framework (``backend="numpy"`` with torch tensors). Types no
-    registered backend owns are left to the named backend, and so are the frameworks it
-    lists in its optional ``accepts`` (JAX takes NumPy arrays)."""
+def check_owner(name: str, grads: Sequence[Any], state_array: Any = None) -> None:
+    """For ``backend=name`` (a registered name): raise ``TypeError`` when the first gradient
+    or the state belongs to another registered framework (``backend="numpy"`` with torch
+    tensors). One look each, so a step stays O(1) here; mixed frameworks inside one list are
+    refused by detection when ``backend=None``. Types no registered backend owns are left to
+    the named backend, and so are the frameworks it lists in its optional ``accepts`` (JAX
+    takes NumPy arrays)."""
     if name not in _REGISTRY:
         return
     accepted = tuple(getattr(get_backend(name), "accepts", ()))
-    # The first array and the state's: a step per call must stay O(1) here (mixed
-    # frameworks inside one list are refused by detection when backend=None).
-    first = next((x for x in arrays if x is not None), None)
-    for x in (first, arrays[-1]):
+    first = next((x for x in grads if x is not None), None)
+    for x in (first, state_array):
         if x is None:
             continue
-        if _TYPE_CACHE.get(type(x)) == name:
-            continue
         try:
-            owner = _name_for_type(x)
+            owner = _name_for_type(x)  # cached per type
         except TypeError:
             continue
         if owner != name and owner not in accepted:

@@ -423,7 +423,7 @@ class ClipGradByAdaGC(ClipGradBase):
             if key not in checkpoint:
                 raise CheckpointMismatchError(f"{fmt} checkpoint has no {key!r} entry")
         self._check_granularity(checkpoint["config"])
-        step = checked_step(_host(checkpoint["step"]))
+        step = checked_step(checkpoint["step"])
         gamma, seen = checkpoint["gamma"], checkpoint["seen"]
         if not isinstance(gamma, Mapping) or not isinstance(seen, Mapping):
             raise CheckpointMismatchError("the checkpoint's gamma and seen must be dicts")
@@ -586,13 +586,10 @@ def _with_dtype(state: AdaGCState, live: _Group | AdaGCState) -> AdaGCState:
 def _record(name: str, gamma: Any, seen: Any, step: Any) -> _Record:
     """One parameter's checkpoint entry, validated by the core (``adagc._checkpoint``: gamma
     finite and >= 0, seen a bool, step a non-negative int). Values may be 0-d Paddle
-    tensors (after ``paddle.load``) or Python/NumPy scalars."""
-    g, b = checked_entry(name, _host(gamma), _host(seen))
-    return g, b, checked_step(_host(step))
-
-
-def _host(x: Any) -> Any:
-    return x.numpy() if isinstance(x, paddle.Tensor) else x
+    tensors (after ``paddle.load``; the core reads them through ``tolist()``) or Python/NumPy
+    scalars."""
+    g, b = checked_entry(name, gamma, seen)
+    return g, b, checked_step(step)
 
 
 def _generic_update(

@@ -3,7 +3,9 @@
 
 - Norms: one ``torch._foreach_norm`` per (device, dtype) group, accumulated in float32 for
   float16/bfloat16 (``dtype=torch.float32``) and in the tensor's own dtype otherwise, with no
-  rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3).
+  rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3). On the
+  CPU, tensors above 32,768 elements are summed as row norms added in float64 instead
+  (``_rows_sum_squares``): ``_foreach_norm`` there drifts by ~1e-2 at 1e8 elements.
 - Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient
   (float16/bfloat16 tensors are multiplied in float32 and rounded once).
   On the CPU the coefficients are first read on the host (nothing to sync) and tensors whose

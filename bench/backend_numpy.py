@@ -14,6 +14,8 @@ import numpy as np
 import adagc
 from adagc.backends.numpy import BACKEND
 
+from .harness import per_tensor_copier
+
 
 class NumpyPlugin:
     name = "numpy"
@@ -29,13 +31,7 @@ class NumpyPlugin:
         return grads
 
     def copier(self, grads: list[np.ndarray]) -> Callable[[], None]:
-        dst = [np.empty_like(g) for g in grads]
-
-        def copy() -> None:
-            for d, g in zip(dst, grads):
-                np.copyto(d, g)
-
-        return copy
+        return per_tensor_copier(grads, np.empty_like, lambda g, d: np.copyto(d, g))
 
     def sync(self) -> None:
         pass

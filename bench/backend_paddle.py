@@ -21,6 +21,8 @@ from adagc import AdaGCConfig, AdaGCState
 from adagc.adapters.paddle import ClipGradByAdaGC
 from adagc.backends.paddle import BACKEND
 
+from .harness import per_tensor_copier
+
 
 class PaddlePlugin:
     name = "paddle"
@@ -49,13 +51,7 @@ class PaddlePlugin:
         return grads
 
     def copier(self, grads: list[paddle.Tensor]) -> Callable[[], None]:
-        dst = [paddle.empty_like(g) for g in grads]
-
-        def copy() -> None:
-            for d, g in zip(dst, grads):
-                paddle.assign(g, d)
-
-        return copy
+        return per_tensor_copier(grads, paddle.empty_like, paddle.assign)
 
     def sync(self) -> None:
         if not paddle.get_device().startswith("cpu"):

@@ -37,7 +37,7 @@ from adagc import AdaGCConfig
 
 from .gradsets import GradSet
 
-__all__ = ["Result", "limit_row", "load_plugin", "run_case"]
+__all__ = ["Result", "limit_row", "load_plugin", "per_tensor_copier", "run_case"]
 
 CFG = AdaGCConfig(warmup_steps=10)
 SCENARIOS = {"steady": 0.2, "all-clipped": 1.0}
@@ -136,6 +136,20 @@ def run_case(
             )
         )
     return results
+
+
+def per_tensor_copier(
+    grads: list[Any], empty_like: Callable[[Any], Any], copy: Callable[[Any, Any], Any]
+) -> Callable[[], None]:
+    """A plug-in's ``copier`` for frameworks without a multi-tensor copy: buffers allocated
+    once with ``empty_like(g)``, then ``copy(g, buffer)`` per tensor on each call."""
+    pairs = [(g, empty_like(g)) for g in grads]
+
+    def run() -> None:
+        for g, d in pairs:
+            copy(g, d)
+
+    return run
 
 
 def limit_row(
