@@ -240,9 +240,11 @@ def _generic_update(
         sq = reducer.sum_squares(sq)  # one collective per process group: full-tensor norms
     g2 = xp.sum(sq)
     bad = xp.logical_not(xp.logical_and(xp.all(xp.isfinite(sq)), xp.isfinite(g2)))
-    if reducer is not None and cfg.shard_mode == "local":
+    if reducer is not None and (cfg.shard_mode == "local" or getattr(reducer, "stages", False)):
         # AdaGC-Shard: per-shard norms, but the warmup global norm and the non-finite
         # decision must agree across ranks: both ride in one 2-element SUM all-reduce.
+        # Pipeline stages (``reducer.stages``) hold different tensors: in exact mode too, G
+        # and the flag are summed over the stages, so every stage keeps the same k.
         total = reducer.sum(xp.stack([g2, xp.astype(bad, dtype)]))
         g2 = total[0]
         bad = xp.logical_or(total[1] > 0, xp.logical_not(xp.isfinite(g2)))

@@ -123,6 +123,12 @@ class Reducer(Protocol):
     returns the sums of squares of the full tensors, using one collective per distinct process
     group (tensors replicated within a group are counted once). ``sum`` is a plain SUM
     all-reduce over all ranks of a short vector (``shard_mode="local"``).
+
+    A reducer may set ``stages = True`` (pipeline parallelism: this rank's tensors are one
+    stage of a model whose other tensors live on other ranks). ``sum`` then also runs in
+    ``shard_mode="exact"``, over the stages, on the 2-element ``[G^2, non-finite flag]``, so
+    the warmup global norm covers the whole model and every stage takes the same non-finite
+    decision (and so keeps the same step counter k).
     """
 
     sum_squares: Callable[[Array], Array]
