@@ -15,10 +15,16 @@ clipped norms.
 The state is ``AdaGCTransformState``, a NamedTuple pytree of arrays: the core's ``step``,
 ``gamma`` and ``seen`` (one entry per array leaf of the gradient tree, in ``jax.tree_util``
 order) and a record of the last update (norms, coefficients h_i, ``num_clipped``), for logging
-from inside a jitted train step. ``jax.tree_util``, ``optax.tree_utils``
+from inside a jitted train step (``stats(opt_state)``). The transformation's ``AdaGCConfig``
+rides in the state's tree structure (no leaves). ``jax.tree_util``, ``optax.tree_utils``
 and orbax save and restore it as is. ``to_portable`` / ``from_portable`` convert it to the
 framework-neutral ``adagc/1`` format keyed by the leaves' key paths (``"layer.kernel"``), the
 names a PyTorch model's ``named_parameters()`` would use for the same nesting.
+
+Flax: the state may sit in an ``nnx.Optimizer`` (whose ``opt_state`` leaves are ``nnx``
+variables; ``from_portable`` writes into them in place) or a Linen ``TrainState``.
+Flax is never imported here: its variables are recognised once ``flax.nnx`` is in
+``sys.modules``.
 
 The algorithm is ``adagc.update``; this module flattens pytrees, adds the collectives for
 ``shard_map`` and unflattens the result.
@@ -26,7 +32,10 @@ The algorithm is ``adagc.update``; this module flattens pytrees, adds the collec
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -47,11 +56,19 @@ __all__ = [
     "from_portable",
     "leaf_names",
     "state_specs",
+    "stats",
     "to_portable",
 ]
 
 _BACKEND = "jax"
 AxisName = Hashable | tuple[Hashable, ...]
+_ARRAYS = 7  # the array fields of AdaGCTransformState; ``config`` follows them
+
+# The config rides in the state's treedef as a node without leaves (like ``None``): jit,
+# orbax, ``tree_map`` and Flax see the seven arrays only, and a restored or re-created state
+# (``tree_unflatten``, ``apply_if_finite``'s select, NNX's split/merge) keeps it.
+with contextlib.suppress(ValueError):  # ValueError: already registered (a module re-import)
+    jax.tree_util.register_pytree_node(AdaGCConfig, lambda cfg: ((), cfg), lambda cfg, _: cfg)
 
 
 class AdaGCTransformState(NamedTuple):
@@ -71,6 +88,11 @@ class AdaGCTransformState(NamedTuple):
         coefficients: float ``[T]``: h_i applied at the last update (1 before any).
         global_norm: float ``[]``: G before clipping at the last update.
         nonfinite: bool ``[]``: the last update saw a NaN/Inf norm (and changed no state).
+        config: the ``AdaGCConfig`` the transformation was built with. Static: it is part of
+            the tree structure, not a leaf. ``None`` for a state built by hand.
+
+    In an ``nnx.Optimizer`` the array fields are ``nnx`` variables (``OptArray``);
+    ``core`` and ``num_clipped`` read their values.
     """
 
     step: Any
@@ -80,19 +102,23 @@ class AdaGCTransformState(NamedTuple):
     coefficients: Any
     global_norm: Any
     nonfinite: Any
+    config: AdaGCConfig | None = None
 
     @property
     def core(self) -> AdaGCState:
         """The ``adagc.AdaGCState`` (step, gamma, seen) the core works on."""
-        return AdaGCState(self.step, self.gamma, self.seen)
+        return AdaGCState(_value(self.step), _value(self.gamma), _value(self.seen))
 
     @property
     def num_clipped(self) -> Any:
         """How many leaves the last update clipped (h_i < 1; none on a non-finite step)."""
-        return jnp.sum(jnp.logical_and(self.coefficients < 1, jnp.logical_not(self.nonfinite)))
+        coefficients, nonfinite = _value(self.coefficients), _value(self.nonfinite)
+        return jnp.sum(jnp.logical_and(coefficients < 1, jnp.logical_not(nonfinite)))
 
 
-def _state(core: AdaGCState, stats: AdaGCStats | None, n: int) -> AdaGCTransformState:
+def _state(
+    core: AdaGCState, stats: AdaGCStats | None, n: int, config: AdaGCConfig | None = None
+) -> AdaGCTransformState:
     """The transformation state; before any update (``stats is None``) the record fields take
     the dtypes and shapes an update produces, so a jitted step sees one state type throughout
     (no recompilation)."""
@@ -106,10 +132,17 @@ def _state(core: AdaGCState, stats: AdaGCStats | None, n: int) -> AdaGCTransform
             step, gamma, seen = (jnp.asarray(np.asarray(x)) for x in (step, gamma, seen))
         zeros, ones = jnp.zeros(n, dt), jnp.ones(n, dt)
         return AdaGCTransformState(
-            step, gamma, seen, zeros, ones, jnp.zeros((), dt), jnp.zeros((), bool)
+            step, gamma, seen, zeros, ones, jnp.zeros((), dt), jnp.zeros((), bool), config
         )
     return AdaGCTransformState(
-        step, gamma, seen, stats.norms, stats.coefficients, stats.global_norm, stats.nonfinite
+        step,
+        gamma,
+        seen,
+        stats.norms,
+        stats.coefficients,
+        stats.global_norm,
+        stats.nonfinite,
+        config,
     )
 
 
@@ -119,13 +152,61 @@ def state_specs(state: AdaGCTransformState, axis_name: AxisName | None = None) -
     ``axis_name``) each device keeps its own ``[T]`` fields: ``P(axis_name)``, a global array of
     ``devices * T`` entries."""
     per_leaf = PartitionSpec() if axis_name is None else PartitionSpec(axis_name)
-    return AdaGCTransformState(*(PartitionSpec() if x.ndim == 0 else per_leaf for x in state))
+    specs = (PartitionSpec() if _value(x).ndim == 0 else per_leaf for x in state[:_ARRAYS])
+    return AdaGCTransformState(*specs, config=state.config)
 
 
 def leaf_names(tree: Any) -> list[str]:
     """The names of the array leaves of ``tree`` in state order: key paths joined by dots
-    (``{"layer": {"kernel": x}}`` -> ``"layer.kernel"``; list positions are numbers)."""
-    return [keystr(path, simple=True, separator=".") for path, _ in _flat(tree)[0]]
+    (``{"layer": {"kernel": x}}`` -> ``"layer.kernel"``; list positions are numbers). An
+    ``nnx.State`` (``nnx.state(model, nnx.Param)``) is named by its arrays, as
+    ``nnx.Optimizer`` hands them to the transformation: ``"linear.kernel"``."""
+    _check_params(tree)
+    return [keystr(path, simple=True, separator=".") for path, _ in _flat(_unwrap(tree))[0]]
+
+
+def _variable_types() -> tuple[type, ...]:
+    """Flax NNX's variable classes, once ``flax.nnx`` has been imported (by the user: this
+    module never imports Flax); ``()`` before that."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return ()
+    found = (vars(nnx).get("Variable"), vars(nnx).get("VariableState"))  # no deprecated alias
+    return tuple(t for t in found if isinstance(t, type))
+
+
+def _value(x: Any) -> Any:
+    """The array an NNX variable (``nnx.Param``, ``OptArray``) holds; anything else as is."""
+    types = _variable_types()
+    if types and isinstance(x, types):
+        return x.get_value() if hasattr(x, "get_value") else x.value
+    return x
+
+
+def _unwrap(tree: Any) -> Any:
+    """``tree`` with every NNX variable replaced by its array (what ``nnx.as_pure`` does)."""
+    types = _variable_types()
+    if not types:
+        return tree
+    return jax.tree_util.tree_map(_value, tree, is_leaf=lambda x: isinstance(x, types))
+
+
+def _check_params(tree: Any) -> None:
+    """A Flax module or optimizer is not the parameter tree: say which one to pass."""
+    nnx = sys.modules.get("flax.nnx")
+    graph_types = (
+        tuple(
+            t for t in (vars(nnx).get("Module"), vars(nnx).get("Optimizer")) if isinstance(t, type)
+        )
+        if nnx is not None
+        else ()
+    )
+    if graph_types and isinstance(tree, graph_types):
+        raise TypeError(
+            f"got an nnx.{type(tree).__name__} where the parameter tree belongs; pass the "
+            "state the optimizer was built on: nnx.state(model, wrt), e.g. "
+            "nnx.state(model, nnx.Param)"
+        )
 
 
 def _flat(tree: Any) -> tuple[list[tuple[Any, Any]], Any]:
@@ -198,10 +279,10 @@ def adagc(
     axes = _axes(axis_name)
 
     def init_fn(params: Any) -> AdaGCTransformState:
-        leaves = [x for _, x in _flat(params)[0]]
+        leaves = [x for _, x in _flat(_unwrap(params))[0]]
         _check_leaves(leaves, leaf_names(params))
         core = _adagc.init(leaves, cfg, backend=_BACKEND)
-        return _state(core, None, len(leaves))
+        return _state(core, None, len(leaves), cfg)
 
     def update_fn(
         updates: Any, state: AdaGCTransformState, params: Any = None, **extra_args: Any
@@ -226,7 +307,7 @@ def adagc(
         clipped, new, stats = _adagc.update(
             leaves, state.core, cfg, backend=_BACKEND, reducer=reducer, names=names
         )
-        return treedef.unflatten(clipped), _state(new, stats, len(leaves))
+        return treedef.unflatten(clipped), _state(new, stats, len(leaves), cfg)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -312,37 +393,76 @@ def _spec_axes(spec: Any) -> set[Hashable]:
     return used
 
 
-# -- checkpoints ------------------------------------------------------------------------------
+# -- checkpoints and stats ---------------------------------------------------------------------
+
+
+def _is_state(x: Any) -> bool:
+    return isinstance(x, AdaGCTransformState)
 
 
 def _find_state(opt_state: Any) -> tuple[AdaGCTransformState, Callable[[Any], Any]]:
-    """The one ``AdaGCTransformState`` inside an optax state (e.g. of ``optax.chain``), and a
-    function that returns ``opt_state`` with it replaced."""
-
-    def is_state(x: Any) -> bool:
-        return isinstance(x, AdaGCTransformState)
-
-    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_state) if is_state(x)]
+    """The one ``AdaGCTransformState`` inside an optimizer state (of ``optax.chain``,
+    ``MultiSteps``, ``masked``, ...; an ``nnx.Optimizer`` or its ``opt_state``; a Linen
+    ``TrainState``), and a function that returns ``opt_state`` with it replaced."""
+    found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_state) if _is_state(x)]
     if len(found) != 1:
         raise ValueError(
             f"expected exactly one AdaGCTransformState in the optimizer state, found "
-            f"{len(found)}; pass the state of the adagc(...) transformation itself"
+            f"{len(found)}; pass the state of the optimizer that has one adagc(...) in it "
+            "(optax: opt_state; Flax NNX: optimizer.opt_state; Linen: train_state.opt_state)"
         )
 
     def replace(new: Any) -> Any:
         return jax.tree_util.tree_map(
-            lambda x: new if is_state(x) else x, opt_state, is_leaf=is_state
+            lambda x: new if _is_state(x) else x, opt_state, is_leaf=_is_state
         )
 
     return found[0], replace
 
 
+def _arrays(state: AdaGCTransformState) -> AdaGCTransformState:
+    """The state with NNX variables replaced by their arrays."""
+    return AdaGCTransformState(*(_value(x) for x in state[:_ARRAYS]), config=state.config)
+
+
+def _live_config(state: AdaGCTransformState, config: AdaGCConfig | None) -> AdaGCConfig:
+    """The config of the transformation whose state this is; ``config`` (if given) must be
+    the same one."""
+    if config is not None and not isinstance(config, AdaGCConfig):
+        raise TypeError(f"config must be an adagc.AdaGCConfig, got {type(config).__name__}")
+    own = state.config
+    if own is None:
+        if config is None:
+            raise ValueError(
+                "this AdaGCTransformState carries no config (it was not made by an "
+                "adagc(...) transformation's init or update); pass config=, the AdaGCConfig "
+                "the transformation was built with"
+            )
+        return config
+    if config is not None and config != own:
+        diff = "; ".join(
+            f"{f.name}={getattr(config, f.name)!r} passed, {getattr(own, f.name)!r} in the "
+            "transformation"
+            for f in dataclasses.fields(AdaGCConfig)
+            if getattr(config, f.name) != getattr(own, f.name)
+        )
+        raise ValueError(
+            f"config= does not match the config of the adagc(...) transformation this state "
+            f"belongs to ({diff}); leave config= out (the state carries its own) or pass the "
+            "same config"
+        )
+    return own
+
+
 def to_portable(opt_state: Any, params: Any, config: AdaGCConfig | None = None) -> dict[str, Any]:
     """The ``adagc/1`` checkpoint (JSON-ready) of the AdaGC state inside ``opt_state``, keyed
-    by the key paths of ``params`` (the tree the transformation sees). ``config``: the one the
-    transformation was built with (default: the paper's defaults)."""
+    by the key paths of ``params`` (the tree the transformation sees; with Flax NNX
+    ``nnx.state(model, nnx.Param)``, the ``wrt`` of the optimizer). The config recorded is
+    the transformation's own, which the state carries; ``config``, if given, must equal it
+    (a ``ValueError`` otherwise)."""
     state, _ = _find_state(opt_state)
-    return _adagc.to_portable(state.core, config or AdaGCConfig(), leaf_names(params))
+    cfg = _live_config(state, config)
+    return _adagc.to_portable(_arrays(state).core, cfg, leaf_names(params))
 
 
 def from_portable(
@@ -352,9 +472,65 @@ def from_portable(
     config: AdaGCConfig | None = None,
 ) -> Any:
     """``opt_state`` with its AdaGC state loaded from an ``adagc/1`` checkpoint (written by any
-    framework), matched by the key paths of ``params``. Raises ``CheckpointMismatchError``
-    naming missing/unexpected leaves; nothing is half-loaded."""
+    framework), matched by the key paths of ``params``. The live config (the one the state
+    carries; ``config``, if given, must equal it) wins over the checkpoint's, except that a
+    granularity mismatch is an error. Raises ``CheckpointMismatchError`` naming
+    missing/unexpected leaves; nothing is half-loaded.
+
+    ``opt_state`` may be any pytree holding the state: an optax chain's state, a Linen
+    ``TrainState`` (a new one is returned). In an ``nnx.Optimizer`` (``optimizer.opt_state``
+    or the optimizer itself) the state's variables are written in place, where NNX keeps
+    them, and ``opt_state`` itself is returned."""
     state, replace = _find_state(opt_state)
-    cfg = config or AdaGCConfig()
-    core = _adagc.from_portable(checkpoint, state.core, cfg, leaf_names(params))
-    return replace(_state(core, None, state.norms.shape[0]))
+    cfg = _live_config(state, config)
+    arrays = _arrays(state)
+    core = _adagc.from_portable(checkpoint, arrays.core, cfg, leaf_names(params))
+    new = _state(core, None, arrays.norms.shape[0], state.config)
+    types = _variable_types()
+    fields = state[:_ARRAYS]
+    if types and any(isinstance(x, types) for x in fields):
+        if not all(isinstance(x, types) for x in fields):
+            raise TypeError(
+                "the AdaGCTransformState mixes NNX variables and arrays; pass "
+                "optimizer.opt_state of an nnx.Optimizer, or a plain optax state"
+            )
+        for var, x in zip(fields, new[:_ARRAYS]):
+            if hasattr(var, "set_value"):
+                var.set_value(x)
+            else:
+                var.value = x
+        return opt_state
+    return replace(new)
+
+
+def stats(opt_state: Any) -> AdaGCStats:
+    """What the last update of the ``adagc(...)`` inside ``opt_state`` did, as arrays (no
+    device-to-host read): call it inside a jitted train step for its metrics.
+
+    ``opt_state`` is any optimizer state holding one ``AdaGCTransformState``: of
+    ``optax.chain``, ``optax.MultiSteps``, ``optax.masked``, ``apply_if_finite``; an
+    ``nnx.Optimizer`` or its ``opt_state``; a Linen ``TrainState``.
+
+    Returns:
+        ``adagc.AdaGCStats``: ``norms`` and ``coefficients`` ``[T]``, ``global_norm`` and
+        ``clipped_global_norm`` ``[]``, ``num_clipped`` (int ``[]``), ``nonfinite`` (bool
+        ``[]``) and ``warmup`` (bool ``[]``: the update was a warmup step; ``None`` for a
+        state that carries no config). Before the first update: norms 0, coefficients 1.
+    """
+    state, _ = _find_state(opt_state)
+    s = _arrays(state)
+    hn = s.coefficients * s.norms
+    warmup = None
+    if s.config is not None:
+        # k before the last update: step - 1 after a finite one, step after a skipped one.
+        before = jnp.where(s.nonfinite, s.step, s.step - 1)
+        warmup = before < s.config.warmup_steps
+    return AdaGCStats(
+        norms=s.norms,
+        coefficients=s.coefficients,
+        global_norm=s.global_norm,
+        clipped_global_norm=jnp.sqrt(jnp.sum(hn * hn)),
+        num_clipped=s.num_clipped,
+        nonfinite=s.nonfinite,
+        warmup=warmup,
+    )
