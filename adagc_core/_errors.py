@@ -22,8 +22,13 @@ class NonFiniteGradientError(FloatingPointError):
     def __init__(self, tensors: Sequence[str]) -> None:
         self.tensors = list(tensors)
         shown = ", ".join(self.tensors[:10]) + (" ..." if len(self.tensors) > 10 else "")
+        where = (
+            f"in {len(self.tensors)} tensor(s): {shown}"
+            if self.tensors  # none here: another rank's (a pipeline stage's or shard's)
+            else "on another rank (a pipeline stage or shard), none in this rank's tensors"
+        )
         super().__init__(
-            f"non-finite gradient norm in {len(self.tensors)} tensor(s): {shown}. "
+            f"non-finite gradient norm {where}. "
             "The AdaGC state was left unchanged. Use nonfinite='propagate' to let an AMP "
             "GradScaler / optax.apply_if_finite skip the step, or nonfinite='zero'."
         )

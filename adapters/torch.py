@@ -169,7 +169,15 @@ class AdaGC:
         nonfinite: ``"propagate"`` (default; leaves Inf/NaN for ``GradScaler`` to skip the step),
             ``"zero"`` or ``"raise"``. The AdaGC state never changes on a non-finite step.
         process_group: for sharded (DTensor) gradients, an explicit group (default: the
-            DTensor's mesh).
+            DTensor's mesh). With ``pp_mesh`` and ``shard_mode="local"``: the group of every
+            stage's shard ranks, for the one [G^2, flag] all-reduce (default: the gradients'
+            mesh and ``pp_mesh`` flattened, when both are slices of one named mesh).
+        pp_mesh: pipeline parallelism: the pipeline dimension as a 1-D ``DeviceMesh``
+            (``mesh["pp"]``, as torchtitan's ``clip_grad_norm_`` takes it) or a
+            ``ProcessGroup``; each stage builds its clipper from its own parameters. The
+            warmup's global norm G then covers every stage and the non-finite decision (so
+            the step counter k) is the same on every stage, at the cost of one 2-element
+            all-reduce over the stages per step; per-tensor norms need nothing from them.
         fast_path: the fused CuPy kernels for CUDA gradients (three launches per step, no
             copies, torch's current stream; the state tensors are then updated in place, so a
             captured CUDA graph chains its steps). ``None`` (default): used when the gradients
@@ -197,6 +205,7 @@ class AdaGC:
         nonfinite: str = "propagate",
         *,
         process_group: Any = None,
+        pp_mesh: Any = None,
         fast_path: bool | None = None,
         **unknown: Any,
     ) -> None:
@@ -224,6 +233,11 @@ class AdaGC:
             raise ValueError(f"fast_path must be None, True or False, got {fast_path!r}")
         self.fast_path = fast_path
         self.process_group = process_group
+        if pp_mesh is not None:
+            from adagc.adapters._torch_distributed import pipeline_group
+
+            pipeline_group(pp_mesh)  # a wrong kind or a 2-D mesh fails here, not in a step
+        self.pp_mesh = pp_mesh
         # gamma's dtype follows the parameters: float64 only for an all-float64 model.
         self.state: AdaGCState = adagc.init(
             [p.detach() for p in self.params], self.config, backend="torch"
@@ -265,10 +279,14 @@ class AdaGC:
             grads.append(g)
         reducer = None
         # DTensor gradients exist only once torch.distributed.tensor was imported.
-        if "torch.distributed.tensor" in sys.modules and any(_is_dtensor(g) for g in grads):
+        if self.pp_mesh is not None or (
+            "torch.distributed.tensor" in sys.modules and any(_is_dtensor(g) for g in grads)
+        ):
             from adagc.adapters._torch_distributed import localize
 
-            grads, reducer = localize(self.params, grads, self.process_group)
+            grads, reducer = localize(
+                self.params, grads, self.process_group, self.pp_mesh, self.config.shard_mode
+            )
         self._follow_device(grads)
         stats = self._fast_step(grads, reducer) if self.fast_path is not False else None
         if stats is None:
@@ -403,8 +421,9 @@ class AdaGC:
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The state in torch's idiom: tensors plus plain values (``torch.save``-able and
-        ``torch.distributed.checkpoint``-friendly)."""
-        return {
+        ``torch.distributed.checkpoint``-friendly). With ``pp_mesh`` it also records
+        ``pp_stage``, this rank's pipeline stage, which ``load_state_dict`` checks."""
+        out = {
             "format": _TORCH_FORMAT,
             "config": self.config.to_dict(),
             "names": list(self.names),
@@ -412,6 +431,11 @@ class AdaGC:
             "gamma": self.state.gamma.clone(),
             "seen": self.state.seen.clone(),
         }
+        if self.pp_mesh is not None:  # each stage's state is its own: the loader checks it
+            from adagc.adapters._torch_distributed import pipeline_rank
+
+            out["pp_stage"] = pipeline_rank(self.pp_mesh)
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load ``state_dict()`` output, or a portable ``adagc/1`` dict. Every value is
@@ -433,6 +457,7 @@ class AdaGC:
         absent = [k for k in ("config", "names", "step", "gamma", "seen") if k not in state_dict]
         if absent:
             raise CheckpointMismatchError(f"the {_TORCH_FORMAT} state_dict has no {absent} entry")
+        self._check_stage(state_dict.get("pp_stage"))
         names = state_dict["names"]
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise CheckpointMismatchError("state_dict 'names' must be a list of parameter names")
@@ -466,6 +491,21 @@ class AdaGC:
                 **vectors,
             }
         )
+
+    def _check_stage(self, saved: Any) -> None:
+        """A pipeline stage refuses another stage's state (one checkpoint key shared by every
+        stage keeps only one stage's copy in torch.distributed.checkpoint)."""
+        if saved is None or self.pp_mesh is None:
+            return
+        from adagc.adapters._torch_distributed import pipeline_rank
+
+        mine = pipeline_rank(self.pp_mesh)
+        if saved != mine:
+            raise CheckpointMismatchError(
+                f"this state_dict holds pipeline stage {saved!r}'s AdaGC state; this clipper "
+                f"is stage {mine}. Save every stage's state under its own key, e.g. "
+                f"{{f'adagc_stage{{stage}}': clipper.state_dict()}}"
+            )
 
     def to_portable(self) -> dict[str, Any]:
         """The framework-neutral ``adagc/1`` checkpoint (JSON-ready), keyed by parameter name."""

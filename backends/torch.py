@@ -339,8 +339,9 @@ def fused_unavailable(grads: Sequence[Any], state: Any, reducer: Any) -> str | N
     ``None`` when it can be tried (it may still raise ``Declined`` for a layout)."""
     if reducer is not None:
         return (
-            "the gradients are sharded (DTensor): their full-tensor norms need a collective "
-            "between the norm and finalize kernels, which the fused path does not make"
+            "the gradients are sharded (DTensor) or pipeline-staged (pp_mesh): their norms "
+            "need a collective between the norm and finalize kernels, which the fused path "
+            "does not make"
         )
     g = next((g for g in grads if g is not None), state.gamma)
     if g.device.type != "cuda":
