@@ -111,12 +111,15 @@ def _stage_and_shard_group(pp_mesh: Any, meshes: list[Any]) -> Any:
     names: list[str] = list(getattr(pp_mesh, "mesh_dim_names", None) or ())
     for mesh in meshes:
         if root is None or mesh._get_root_mesh() is not root or not mesh.mesh_dim_names:
-            raise ValueError(
-                "shard_mode='local' with pp_mesh needs one group over every stage's shard ranks: "
-                "slice pp_mesh and the gradients' mesh from one named DeviceMesh (e.g. "
-                "mesh['pp'] and mesh['dp']), or pass process_group= that group"
-            )
+            root = None
+            break
         names += [n for n in mesh.mesh_dim_names if n not in names]
+    if root is None:
+        raise ValueError(
+            "shard_mode='local' with pp_mesh needs one group over every stage's shard ranks: "
+            "slice pp_mesh and the gradients' mesh from one named DeviceMesh (e.g. "
+            "mesh['pp'] and mesh['dp']), or pass process_group= that group"
+        )
     order = [n for n in root.mesh_dim_names if n in names]  # root order, as slicing requires
     group = root[tuple(order)]._flatten("_".join(order) + "_adagc").get_group()
     _FLATTENED[key] = group
