@@ -182,8 +182,10 @@ def paddle(session: nox.Session) -> None:
 @nox.session(python=PYTHON, name="jax")
 def jax_adapter(session: nox.Session) -> None:
     """The optax adapter: the core's results, pytrees, one compilation, chain /
-    apply_if_finite / MultiSteps / masked, tree_util + orbax + adagc/1 checkpoints, the example."""
-    install(session, "jax,test", "orbax-checkpoint")  # orbax: the checkpointer JAX users use
+    apply_if_finite / MultiSteps / masked, tree_util + orbax + adagc/1 checkpoints, stats(),
+    Flax (nnx.Optimizer, Linen TrainState), the example."""
+    # orbax: the checkpointer JAX users use; flax: NNX and Linen, what they train with
+    install(session, "jax,test", "orbax-checkpoint", "flax")
     session.run("pytest", "tests/jax", "-q", *junit(session), *session.posargs)
 
 
