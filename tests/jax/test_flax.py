@@ -6,6 +6,8 @@ Flax staying unimported unless the user imports it."""
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -266,4 +268,19 @@ def test_the_adapter_does_not_import_flax() -> None:
         "assert not any(m == 'flax' or m.startswith('flax.') for m in sys.modules), 'flax'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_flax_section_of_docs_jax_md_runs(tmp_path) -> None:
+    """Its code blocks, in order, as one program (they share names)."""
+    pytest.importorskip("orbax.checkpoint")
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "jax.md").read_text()
+    section = doc[doc.index("\n## Flax\n") :]
+    section = section[: section.index("\n## ", 1)]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    assert "nnx.Optimizer" in code and "TrainState" in code
+    code += "\nassert int(clipped) >= 0 and sorted(ckpt['gamma'])[0] == 'Dense_0.bias'\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
