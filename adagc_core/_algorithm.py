@@ -255,8 +255,9 @@ def _generic_update(
     h_warm = xp.minimum(cfg.lambda_abs / (global_norm + eps), 1.0)
 
     if cfg.granularity == "tensor":
-        # Warmup: global-norm clipping; gamma_i = running minimum of clipped norms h * n_i.
-        c = h_warm * norms
+        # Warmup: global-norm clipping; gamma_i = running minimum of the clipped norms
+        # h * n_i (warmup_gamma="clipped") or of the raw norms n_i ("raw").
+        c = norms if cfg.warmup_gamma == "raw" else h_warm * norms
         gamma_w = xp.where(seen, xp.minimum(gamma, c), c)
         # Adaptive: clip n_i above t_i = lambda_rel * gamma_i; EMA of min(n_i, t_i).
         t = cfg.lambda_rel * gamma
@@ -267,9 +268,10 @@ def _generic_update(
         gamma_new = xp.where(observed, xp.where(warm, gamma_w, gamma_a), gamma)
         seen_new = xp.logical_or(seen, observed)
     else:
-        # AdaGC-Global: one gamma for the global norm G (the authors' code).
+        # AdaGC-Global: one gamma for the global norm G (the authors' code). Its warmup
+        # minimum is of the clipped G, min(G, lambda_abs), or of the raw G.
         g_obs = global_norm > 0
-        m = xp.minimum(global_norm, cfg.lambda_abs)
+        m = global_norm if cfg.warmup_gamma == "raw" else xp.minimum(global_norm, cfg.lambda_abs)
         gamma_w = xp.where(seen, xp.minimum(gamma, m), m)
         t = cfg.lambda_rel * gamma
         clip = xp.logical_and(xp.logical_and(g_obs, seen), global_norm > t)

@@ -4,7 +4,10 @@
      "gamma": {name: float}, "seen": {name: bool}}
 
 ``name`` is the parameter name, the index as a string when no names were given, or
-``"__global__"`` for the single gamma of ``granularity="global"``.
+``"__global__"`` for the single gamma of ``granularity="global"``. ``config`` is
+``AdaGCConfig.to_dict()``; fields added later are absent from older files and mean their
+default there (``warmup_gamma``: ``"clipped"``, the only behaviour before it existed), which
+is what ``AdaGCConfig.from_dict`` builds from such a dict. On load the live config wins.
 
 Every load path of every adapter validates through this module (``checked_entry`` for one
 tensor's record, ``from_portable`` for a whole checkpoint), so the rules are in one place

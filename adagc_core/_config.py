@@ -7,7 +7,14 @@ import math
 import numbers
 from typing import Any, Literal
 
-__all__ = ["GRANULARITIES", "MAX_STEPS", "NONFINITE_POLICIES", "SHARD_MODES", "AdaGCConfig"]
+__all__ = [
+    "GRANULARITIES",
+    "MAX_STEPS",
+    "NONFINITE_POLICIES",
+    "SHARD_MODES",
+    "WARMUP_GAMMAS",
+    "AdaGCConfig",
+]
 
 # The largest warmup_steps: JAX keeps the step counter k in int32 without x64.
 MAX_STEPS = 2**31 - 1
@@ -15,10 +22,12 @@ MAX_STEPS = 2**31 - 1
 Granularity = Literal["tensor", "global"]
 ShardMode = Literal["exact", "local"]
 NonFinite = Literal["propagate", "zero", "raise"]
+WarmupGamma = Literal["clipped", "raw"]
 
 GRANULARITIES: tuple[str, ...] = ("tensor", "global")
 SHARD_MODES: tuple[str, ...] = ("exact", "local")
 NONFINITE_POLICIES: tuple[str, ...] = ("propagate", "zero", "raise")
+WARMUP_GAMMAS: tuple[str, ...] = ("clipped", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +49,11 @@ class AdaGCConfig:
         nonfinite: what happens to the gradients on a step with a NaN/Inf norm; the state is
             never changed by such a step. ``"propagate"`` leaves them as they are,
             ``"zero"`` zeroes them, ``"raise"`` raises ``NonFiniteGradientError``.
+        warmup_gamma: what gamma_i is the running minimum of during warmup (spec §1).
+            ``"clipped"`` (default; the paper's Algorithm 1 and the authors' Megatron code):
+            the clipped norms h * n_i. ``"raw"`` (PaddlePaddle's ``ClipGradByAdaptiveNorm``
+            and ERNIE): the unclipped norms n_i. The two differ only on warmup steps whose
+            global norm exceeds lambda_abs.
     """
 
     lambda_rel: float = 1.04
@@ -50,6 +64,7 @@ class AdaGCConfig:
     granularity: Granularity = "tensor"
     shard_mode: ShardMode = "exact"
     nonfinite: NonFinite = "propagate"
+    warmup_gamma: WarmupGamma = "clipped"
 
     def __post_init__(self) -> None:
         _positive("lambda_rel", self.lambda_rel)
@@ -72,6 +87,7 @@ class AdaGCConfig:
         _choice("granularity", self.granularity, GRANULARITIES)
         _choice("shard_mode", self.shard_mode, SHARD_MODES)
         _choice("nonfinite", self.nonfinite, NONFINITE_POLICIES)
+        _choice("warmup_gamma", self.warmup_gamma, WARMUP_GAMMAS)
         if self.granularity == "global" and self.shard_mode == "local":
             raise ValueError(
                 "granularity='global' cannot be combined with shard_mode='local': a single "
@@ -80,7 +96,7 @@ class AdaGCConfig:
         # Normalise to plain Python floats and strs so configs compare and serialise cleanly.
         for name in ("lambda_rel", "beta", "lambda_abs", "eps"):
             object.__setattr__(self, name, float(getattr(self, name)))
-        for name in ("granularity", "shard_mode", "nonfinite"):
+        for name in ("granularity", "shard_mode", "nonfinite", "warmup_gamma"):
             object.__setattr__(self, name, str(getattr(self, name)))
 
     def replace(self, **changes: Any) -> AdaGCConfig:
@@ -93,7 +109,9 @@ class AdaGCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdaGCConfig:
-        """Build a config from ``to_dict()`` output; unknown keys are a ``ValueError``."""
+        """Build a config from ``to_dict()`` output; unknown keys are a ``ValueError``.
+        Missing keys take their defaults, so a dict saved before a field existed (e.g.
+        ``warmup_gamma``) builds the config that was running then."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

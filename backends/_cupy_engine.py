@@ -291,6 +291,7 @@ def run_finalize(plan: DevicePlan, p: StepPointers, cfg: AdaGCConfig, norm64: bo
             _i64(cfg.warmup_steps),
             _i32(cfg.granularity == "global"),
             _i32(cfg.nonfinite == "zero"),
+            _i32(cfg.warmup_gamma == "raw"),
         ),
     )
 

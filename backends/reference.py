@@ -91,7 +91,8 @@ def ref_update(
             for i in range(T):
                 if norms[i] > 0:
                     coef[i] = h
-                    c = h * norms[i]
+                    # warmup_gamma: the minimum of clipped norms h * n_i, or of raw n_i.
+                    c = norms[i] if cfg.warmup_gamma == "raw" else h * norms[i]
                     if not seen[i]:
                         gamma[i] = c
                     else:
@@ -115,7 +116,7 @@ def ref_update(
         if G > 0:
             if warmup:
                 h = min(cfg.lambda_abs / (G + eps), 1.0)
-                m = min(G, cfg.lambda_abs)
+                m = G if cfg.warmup_gamma == "raw" else min(G, cfg.lambda_abs)
                 gamma[0] = m if not seen[0] else min(gamma[0], m)
                 seen[0] = True
             elif not seen[0]:

@@ -377,7 +377,7 @@ __device__ void finalize(const i64* meta, int T, const double* partials, const i
                          N* cgnorm, i64* num_clipped, unsigned char* nonfinite,
                          unsigned char* warmup, N lambda_rel, N beta, N one_minus_beta,
                          N lambda_abs, N eps, i64 warmup_steps, int global_mode,
-                         int zero_policy) {
+                         int zero_policy, int raw_warmup_gamma) {
     __shared__ N sh[ADAGC_FINALIZE_BLOCK / 32];
     __shared__ int sh_i[ADAGC_FINALIZE_BLOCK / 32];
     __shared__ N bcast;
@@ -444,8 +444,9 @@ __device__ void finalize(const i64* meta, int T, const double* partials, const i
         if (!global_mode) {
             const N gamma = gamma_in[i];
             const bool seen = seen_in[i] != 0;
-            // Warmup: global-norm clipping; gamma_i = running minimum of h * n_i.
-            const N cw = f_mul(h_warm, n);
+            // Warmup: global-norm clipping; gamma_i = running minimum of h * n_i
+            // (warmup_gamma="clipped") or of n_i ("raw").
+            const N cw = raw_warmup_gamma ? n : f_mul(h_warm, n);
             const N gamma_w = seen ? min_nan(gamma, cw) : cw;
             // Adaptive: t_i = lambda_rel * gamma_i; clip above t_i; EMA of min(n_i, t_i).
             const N t = f_mul(lambda_rel, gamma);
@@ -480,7 +481,7 @@ __device__ void finalize(const i64* meta, int T, const double* partials, const i
         nonfinite[0] = bad ? 1 : 0;
         warmup[0] = warm ? 1 : 0;
         if (global_mode) {
-            const N mg = min_nan(G, lambda_abs);
+            const N mg = raw_warmup_gamma ? G : min_nan(G, lambda_abs);
             const N gamma_w = seen_g ? min_nan(gamma_g, mg) : mg;
             const N gamma_a =
                 seen_g ? f_add(f_mul(beta, gamma_g), f_mul(one_minus_beta, min_nan(G, t_g))) : G;
@@ -591,11 +592,11 @@ adagc_sumsq(const i64* __restrict__ meta, int T, i64 chunk_begin, i64 chunk_end,
         const unsigned char* seen_in, i64* step_out, N* gamma_out, unsigned char* seen_out,     \
         N* norms, N* coef, N* gnorm, N* cgnorm, i64* num_clipped, unsigned char* nonfinite,     \
         unsigned char* warmup, N lambda_rel, N beta, N one_minus_beta, N lambda_abs, N eps,     \
-        i64 warmup_steps, int global_mode, int zero_policy) {                                   \
+        i64 warmup_steps, int global_mode, int zero_policy, int raw_warmup_gamma) {             \
         adagc::finalize<N>(meta, T, partials, step_in, gamma_in, seen_in, step_out, gamma_out,  \
                            seen_out, norms, coef, gnorm, cgnorm, num_clipped, nonfinite,        \
                            warmup, lambda_rel, beta, one_minus_beta, lambda_abs, eps,           \
-                           warmup_steps, global_mode, zero_policy);                             \
+                           warmup_steps, global_mode, zero_policy, raw_warmup_gamma);           \
     }
 
 #define ADAGC_SCALE(SUFFIX, N)                                                                  \

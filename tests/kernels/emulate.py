@@ -141,6 +141,7 @@ def finalize(
     seen_in = np.asarray(seen_in, dtype=bool)
     warm = step < cfg.warmup_steps
     global_mode = cfg.granularity == "global"
+    raw = cfg.warmup_gamma == "raw"  # the kernel's raw_warmup_gamma
     gamma_g = gamma_in[0] if global_mode else zero
     seen_g = bool(seen_in[0]) if global_mode else False
 
@@ -179,7 +180,7 @@ def finalize(
         observed = n > zero
         if not global_mode:
             gamma, seen = gamma_in[i], bool(seen_in[i])
-            cw = h_warm * n
+            cw = n if raw else h_warm * n
             gamma_w = _min_nan(gamma, cw) if seen else cw
             t = lam_rel * gamma
             clip = observed and seen and n > t
@@ -200,7 +201,7 @@ def finalize(
         cg2_local[k] = cg2_local[k] + hn * hn
     cg2 = block_sum(cg2_local, FB)
     if global_mode:
-        mg = _min_nan(g_norm, lam_abs)
+        mg = g_norm if raw else _min_nan(g_norm, lam_abs)
         gamma_w = _min_nan(gamma_g, mg) if seen_g else mg
         gamma_a = beta * gamma_g + omb * _min_nan(g_norm, t_g) if seen_g else g_norm
         gamma_new = (gamma_w if warm else gamma_a) if g_obs else gamma_g

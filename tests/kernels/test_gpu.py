@@ -61,13 +61,19 @@ def _host(xs: list[Any]) -> list[Any]:
 # -- bit for bit against the NumPy mirror --------------------------------------------------
 
 
+# lambda_abs=0.5: the warmup global norm exceeds it, so "raw" and "clipped" gammas differ.
+@pytest.mark.parametrize(
+    ("warmup_gamma", "lambda_abs"), [("clipped", 5.0), ("clipped", 0.5), ("raw", 0.5)]
+)
 @pytest.mark.parametrize("norm64", [False, True])
-def test_kernels_equal_the_numpy_mirror_bit_for_bit(norm64: bool) -> None:
+def test_kernels_equal_the_numpy_mirror_bit_for_bit(
+    norm64: bool, warmup_gamma: str, lambda_abs: float
+) -> None:
     dtypes = ["float64"] * 5 if norm64 else ["float32", "float16", "float64", "float32", "float16"]
     sizes = [1, 7, CHUNK + 3, 3 * CHUNK + 5, 4099]
     grads: list[Any] = _cupy_grads(0, dtypes, sizes, [0, 1, 3, 1, 5])
     grads += [None, cupy.zeros(0, dtype=dtypes[0]), grads[1]]  # absent, empty, tie
-    cfg = AdaGCConfig(warmup_steps=2, lambda_abs=5.0)
+    cfg = AdaGCConfig(warmup_steps=2, lambda_abs=lambda_abs, warmup_gamma=warmup_gamma)
     state = adagc.init(grads, cfg)
     for k in range(5):
         step, gamma, seen = int(state.step), cupy.asnumpy(state.gamma), cupy.asnumpy(state.seen)
@@ -145,6 +151,9 @@ def test_odd_sizes_misaligned_empty_absent_tied(granularity: str) -> None:
         return [*grads, base.T, other[::-1], None, cupy.zeros((0, 3), np.float32), grads[0]]
 
     _fused_vs_generic(make, AdaGCConfig(warmup_steps=1, granularity=granularity))
+    # warmup_gamma="raw" with the warmup global norm above lambda_abs (spec §1).
+    raw = AdaGCConfig(warmup_steps=2, lambda_abs=0.1, granularity=granularity, warmup_gamma="raw")
+    _fused_vs_generic(make, raw)
 
 
 def test_more_than_4000_tensors_and_split_launches() -> None:
