@@ -129,10 +129,25 @@ def _trajectory(sc: Scenario, seed: int) -> dict[str, Any] | None:
     return {
         "scenario": sc.name,
         "seed": seed,
-        "config": sc.cfg.to_dict(),
+        "config": golden_config(sc.cfg),
         "num_tensors": len(steps[0]),
         "steps": records,
     }
+
+
+# Fields added after the first goldens, with the default that keeps the old behaviour: a
+# golden stores them only when set otherwise, so the older files stay byte-identical (and
+# ``AdaGCConfig.from_dict`` fills the default back in).
+_LATER_FIELDS = {"warmup_gamma": "clipped"}
+
+
+def golden_config(cfg: AdaGCConfig) -> dict[str, Any]:
+    """The config as a golden stores it (``to_dict`` without later fields at their default)."""
+    data = cfg.to_dict()
+    for key, default in _LATER_FIELDS.items():
+        if data.get(key) == default:
+            del data[key]
+    return data
 
 
 def build(sc: Scenario) -> dict[str, Any]:

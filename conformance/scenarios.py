@@ -141,6 +141,15 @@ def thousand_tensors(rng: np.random.Generator) -> list[Step]:
     return steps
 
 
+def warmup_gamma_raw(rng: np.random.Generator) -> list[Step]:
+    # Global norm ~2-5 > lambda_abs on every warmup step: the raw minimum n_i and the clipped
+    # one h * n_i differ, so this trajectory is not the "clipped" one (tests/core checks).
+    steps = _steady(rng, 10, [0.6, 1.0, 0.4, 0.8])
+    steps[6][1] = steps[6][1] * 30.0
+    steps[1][2] = None  # absent during warmup
+    return steps
+
+
 _BASE = dict(lambda_rel=1.04, beta=0.99, warmup_steps=3, lambda_abs=1.0, eps=1e-6)
 
 SCENARIOS: list[Scenario] = [
@@ -160,6 +169,16 @@ SCENARIOS: list[Scenario] = [
         "global_granularity",
         AdaGCConfig(**{**_BASE, "granularity": "global", "lambda_abs": 1.5}),  # type: ignore[arg-type]
         global_granularity,
+    ),
+    Scenario(
+        "warmup_gamma_raw",
+        AdaGCConfig(**{**_BASE, "warmup_steps": 4, "warmup_gamma": "raw"}),  # type: ignore[arg-type]
+        warmup_gamma_raw,
+    ),
+    Scenario(
+        "warmup_gamma_raw_global",
+        AdaGCConfig(**{**_BASE, "warmup_gamma": "raw", "granularity": "global"}),  # type: ignore[arg-type]
+        warmup_gamma_raw,
     ),
     Scenario(
         "single_tensor", AdaGCConfig(**{**_BASE, "lambda_rel": 1.05, "beta": 0.98}), single_tensor

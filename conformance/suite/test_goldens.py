@@ -76,6 +76,8 @@ def test_goldens_cover_the_scenarios() -> None:
         "tied",
         "empty",
         "global_granularity",
+        "warmup_gamma_raw",
+        "warmup_gamma_raw_global",
         "single_tensor",
         "thousand_tensors",
     }

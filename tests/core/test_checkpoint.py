@@ -79,3 +79,30 @@ def test_names_must_fit() -> None:
         adagc.to_portable(state, cfg, ["a", "b", "c"])
     with pytest.raises(TypeError, match="dict"):
         adagc.from_portable([("format", "adagc/1")], state, cfg)  # type: ignore[arg-type]
+
+
+def test_warmup_gamma_rides_in_the_config() -> None:
+    cfg = AdaGCConfig(warmup_steps=5, warmup_gamma="raw")
+    grads, state = _trained(cfg)  # still in warmup: the raw minimum is in gamma
+    ck = json.loads(json.dumps(adagc.to_portable(state, cfg, ["w", "b"])))
+    assert ck["config"]["warmup_gamma"] == "raw"
+    assert AdaGCConfig.from_dict(ck["config"]) == cfg
+    loaded = adagc.from_portable(ck, adagc.init(grads, cfg), cfg, ["w", "b"])
+    np.testing.assert_array_equal(loaded.gamma, state.gamma)
+    assert int(loaded.step) == 3
+    # Resuming continues the same run as never stopping.
+    rng = np.random.default_rng(7)
+    nxt = [g * rng.uniform(0.5, 2) for g in grads]
+    a = adagc.update(nxt, state, cfg)
+    b = adagc.update(nxt, loaded, cfg)
+    np.testing.assert_array_equal(a[1].gamma, b[1].gamma)
+
+
+def test_a_checkpoint_from_before_warmup_gamma_loads_as_clipped() -> None:
+    cfg = AdaGCConfig(warmup_steps=1)
+    grads, state = _trained(cfg)
+    ck = adagc.to_portable(state, cfg, ["w", "b"])
+    del ck["config"]["warmup_gamma"]  # what adagc/1 files written before the field hold
+    assert AdaGCConfig.from_dict(ck["config"]).warmup_gamma == "clipped"
+    loaded = adagc.from_portable(ck, adagc.init(grads, cfg), cfg, ["w", "b"])
+    np.testing.assert_array_equal(loaded.gamma, state.gamma)

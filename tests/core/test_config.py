@@ -45,3 +45,23 @@ def test_error_says_the_legal_range() -> None:
         AdaGCConfig(beta=1.0)
     with pytest.raises(ValueError, match=r"one of \['tensor', 'global'\]"):
         AdaGCConfig(granularity="layer")  # type: ignore[arg-type]
+
+
+def test_warmup_gamma_default_and_choices() -> None:
+    assert AdaGCConfig().warmup_gamma == "clipped"  # the paper's Algorithm 1 and Megatron
+    assert AdaGCConfig(warmup_gamma="raw").warmup_gamma == "raw"
+    for bad in ("unclipped", "Raw", "", None, 1, True):
+        with pytest.raises(ValueError, match=r"warmup_gamma must be one of \['clipped', 'raw'\]"):
+            AdaGCConfig(warmup_gamma=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="warmup_gamma"):
+        AdaGCConfig().replace(warmup_gamma="min")
+
+
+def test_warmup_gamma_in_dicts() -> None:
+    cfg = AdaGCConfig(warmup_gamma="raw")
+    assert cfg.to_dict()["warmup_gamma"] == "raw"
+    assert AdaGCConfig.from_dict(cfg.to_dict()) == cfg
+    old = AdaGCConfig().to_dict()
+    del old["warmup_gamma"]  # a dict saved before the field existed
+    assert AdaGCConfig.from_dict(old).warmup_gamma == "clipped"
+    assert AdaGCConfig(warmup_gamma="raw") != AdaGCConfig()  # configs compare (JAX caches)
