@@ -152,8 +152,8 @@ def state_specs(state: AdaGCTransformState, axis_name: AxisName | None = None) -
     ``axis_name``) each device keeps its own ``[T]`` fields: ``P(axis_name)``, a global array of
     ``devices * T`` entries."""
     per_leaf = PartitionSpec() if axis_name is None else PartitionSpec(axis_name)
-    specs = (PartitionSpec() if _value(x).ndim == 0 else per_leaf for x in state[:_ARRAYS])
-    return AdaGCTransformState(*specs, config=state.config)
+    specs = [PartitionSpec() if _value(x).ndim == 0 else per_leaf for x in _fields(state)]
+    return _with_arrays(state, specs)
 
 
 def leaf_names(tree: Any) -> list[str]:
@@ -179,7 +179,8 @@ def _value(x: Any) -> Any:
     """The array an NNX variable (``nnx.Param``, ``OptArray``) holds; anything else as is."""
     types = _variable_types()
     if types and isinstance(x, types):
-        return x.get_value() if hasattr(x, "get_value") else x.value
+        var: Any = x
+        return var.get_value() if hasattr(var, "get_value") else var.value
     return x
 
 
@@ -420,9 +421,19 @@ def _find_state(opt_state: Any) -> tuple[AdaGCTransformState, Callable[[Any], An
     return found[0], replace
 
 
+def _fields(state: AdaGCTransformState) -> tuple[Any, ...]:
+    """The seven array fields (NNX variables in an ``nnx.Optimizer``), without the config."""
+    return tuple(state)[:_ARRAYS]
+
+
+def _with_arrays(state: AdaGCTransformState, arrays: Sequence[Any]) -> AdaGCTransformState:
+    """``state`` with its seven array fields replaced (the config kept)."""
+    return state._replace(**dict(zip(AdaGCTransformState._fields[:_ARRAYS], arrays)))
+
+
 def _arrays(state: AdaGCTransformState) -> AdaGCTransformState:
     """The state with NNX variables replaced by their arrays."""
-    return AdaGCTransformState(*(_value(x) for x in state[:_ARRAYS]), config=state.config)
+    return _with_arrays(state, [_value(x) for x in _fields(state)])
 
 
 def _live_config(state: AdaGCTransformState, config: AdaGCConfig | None) -> AdaGCConfig:
@@ -487,14 +498,14 @@ def from_portable(
     core = _adagc.from_portable(checkpoint, arrays.core, cfg, leaf_names(params))
     new = _state(core, None, arrays.norms.shape[0], state.config)
     types = _variable_types()
-    fields = state[:_ARRAYS]
+    fields: tuple[Any, ...] = _fields(state)
     if types and any(isinstance(x, types) for x in fields):
         if not all(isinstance(x, types) for x in fields):
             raise TypeError(
                 "the AdaGCTransformState mixes NNX variables and arrays; pass "
                 "optimizer.opt_state of an nnx.Optimizer, or a plain optax state"
             )
-        for var, x in zip(fields, new[:_ARRAYS]):
+        for var, x in zip(fields, _fields(new)):
             if hasattr(var, "set_value"):
                 var.set_value(x)
             else:
