@@ -3,7 +3,7 @@
     nox -s lint typecheck tests package
     nox -s conformance                  # every backend row of CONFORMANCE below
     nox -s "conformance(backend='numpy')"
-    nox -s torch distributed-torch paddle jax distributed-jax cross-framework lab
+    nox -s torch distributed-torch paddle paddleformers jax distributed-jax cross-framework lab
     nox -s kernels                      # the CUDA fast path without a GPU (NVRTC, planner, mirror)
     ADAGC_GPU=1 nox -s "conformance(backend='cupy')"   # on a machine with a GPU
 
@@ -179,6 +179,17 @@ def paddle(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=PYTHON)
+def paddleformers(session: nox.Session) -> None:
+    """PaddleFormers Trainer + AdaGCCallback: a config-built Llama trains with the Trainer's
+    LR schedule and resumes bit-identically (flex and unified checkpoints). Its own
+    constraints: PaddleFormers needs NumPy 1 (see constraints-paddleformers.txt)."""
+    session.install(
+        "-c", str(ROOT / "constraints-paddleformers.txt"), "-e", ".[paddleformers,test]"
+    )
+    session.run("pytest", "tests/paddleformers", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON, name="jax")
 def jax_adapter(session: nox.Session) -> None:
     """The optax adapter: the core's results, pytrees, one compilation, chain /
@@ -290,6 +301,7 @@ nox.options.sessions = [
     "distributed-torch",
     "lab",
     "paddle",
+    "paddleformers",
     "jax",
     "distributed-jax",
     "cross-framework",

@@ -297,13 +297,18 @@ class ClipGradByAdaGC(ClipGradBase):
         return step
 
     # -- the optimizer's checkpoint -----------------------------------------------------------
-    def _bind(self, opt: Any) -> None:
+    def _bind(self, opt: Any, carry: bool = True) -> None:
         """Carry the AdaGC state in ``opt.state_dict()`` / ``opt.set_state_dict()``.
 
         Paddle optimizers have no state-dict hooks, so on its first step the clip finds the
         optimizer calling it (the one whose ``_grad_clip`` it is) and wraps those two methods
         of that instance. A checkpoint loaded into the optimizer *before* that first step
-        waits in Paddle's ``_accumulators_holder``; its AdaGC entry is adopted here."""
+        waits in Paddle's ``_accumulators_holder``; its AdaGC entry is adopted here (and a
+        loaded state without one warns).
+
+        ``carry=False`` (a trainer callback that keeps the AdaGC state in a file of its own,
+        for checkpoint formats that map every optimizer entry to a parameter): the
+        optimizer is only recorded; its methods are left alone and nothing is warned."""
         if opt is None:
             return
         self._optimizer = opt
@@ -311,8 +316,10 @@ class ClipGradByAdaGC(ClipGradBase):
         saved = holder.pop(OPTIMIZER_KEY, None) if isinstance(holder, dict) else None
         if saved is not None:
             self.set_state_dict(saved)
-        elif holder:
+        elif holder and carry:
             _warn_missing("the optimizer state loaded before the first step")
+        if not carry:
+            return
         save, load = opt.state_dict, opt.set_state_dict
 
         def state_dict() -> dict[str, Any]:
@@ -331,6 +338,33 @@ class ClipGradByAdaGC(ClipGradBase):
 
         opt.state_dict = state_dict
         opt.set_state_dict = opt.load_state_dict = set_state_dict
+        sharded = getattr(opt, "sharded_state_dict", None)
+        if sharded is not None:
+            # Paddle's flex checkpoints map every state_dict() key to a parameter's slot and
+            # reject any other: they get the optimizer's own entries (a trainer callback then
+            # keeps the AdaGC state beside them, see adagc.adapters.paddleformers).
+            def sharded_state_dict(*args: Any, **kwargs: Any) -> Any:
+                opt.state_dict = save
+                try:
+                    return sharded(*args, **kwargs)
+                finally:
+                    opt.state_dict = state_dict
+
+            opt.sharded_state_dict = sharded_state_dict
+
+    def metrics(self, prefix: str = "adagc/") -> dict[str, paddle.Tensor]:
+        """The last step's summary as 0-d tensors (read only when a logger reads them):
+        ``clipped_fraction`` (share of tensors with h_i < 1), ``min_coefficient`` (min h_i)
+        and ``global_norm`` (G before clipping), as the torch integrations log them. Empty
+        before the first step."""
+        s = self.last_stats
+        if s is None:
+            return {}
+        return {
+            f"{prefix}clipped_fraction": s.num_clipped.astype("float32") / len(self.last_names),
+            f"{prefix}min_coefficient": s.coefficients.min().astype("float32"),
+            f"{prefix}global_norm": s.global_norm.astype("float32"),
+        }
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

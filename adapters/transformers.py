@@ -22,13 +22,13 @@ Trainer puts the reporting callbacks (TensorBoard, W&B, ...) before the user's, 
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import torch
 import transformers
 
+from adagc.adapters._callbacks import move_to_front
 from adagc.adapters.torch import AdaGC
 
 __all__ = ["AdaGCCallback"]
@@ -66,18 +66,7 @@ class AdaGCCallback(transformers.TrainerCallback):
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._disable_global_clipping(args)
-        self._move_to_front(sys._getframe(1).f_locals.get("self"))
-
-    def _move_to_front(self, handler: Any) -> None:
-        """Run before the reporting callbacks (they come first in Trainer's list), so that they
-        log the AdaGC metrics. ``handler`` is the ``CallbackHandler`` calling this event; moving
-        this callback to an earlier index during its loop calls every callback once."""
-        if not isinstance(handler, transformers.trainer_callback.CallbackHandler):
-            return  # called some other way: metrics still reach log_history
-        callbacks = handler.callbacks
-        if self in callbacks and callbacks[0] is not self:
-            callbacks.remove(self)
-            callbacks.insert(0, self)
+        move_to_front(self, transformers.trainer_callback.CallbackHandler)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._disable_global_clipping(args)  # also when args changed after Trainer(...)

@@ -610,3 +610,24 @@ def test_the_state_rides_in_the_optimizer_checkpoint(tmp_path) -> None:
             train_step(model3, opt3, 3)
         with pytest.warns(UserWarning, match="no AdaGC state"):
             opt3.set_state_dict(plain)
+
+
+def test_flex_checkpoint_conversion_sees_only_the_optimizer_entries() -> None:
+    """Paddle's flex checkpoints (``opt.sharded_state_dict``, PaddleFormers' default) map every
+    ``state_dict()`` key to a parameter and raise on any other: a bound clip keeps its entry
+    out of that conversion (and in ``state_dict()``)."""
+    from paddle.distributed.flex_checkpoint.dcp.sharded_weight import ShardedWeight
+
+    with unique_name.guard():
+        model = make_model()
+        clip = ClipGradByAdaGC(warmup_steps=2)
+        opt = paddle.optimizer.AdamW(1e-2, parameters=model.parameters(), grad_clip=clip)
+        train_step(model, opt, 0)
+        assert "adagc" in opt.state_dict()
+        weights = {
+            k: ShardedWeight(k, v, tuple(v.shape), tuple(v.shape), (0,) * v.ndim)
+            for k, v in model.state_dict().items()
+        }
+        sharded = opt.sharded_state_dict(weights)
+        assert sharded and not any("adagc" in k for k in sharded)
+        assert "adagc" in opt.state_dict()  # restored after the conversion

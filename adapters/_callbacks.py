@@ -1,0 +1,22 @@
+"""What the trainer callbacks (transformers, PaddleFormers) share: no algorithm here."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["move_to_front"]
+
+
+def move_to_front(callback: Any, handler_type: type) -> None:
+    """Put ``callback`` first in the list of the ``CallbackHandler`` that is calling it (two
+    frames up: the handler's ``call_event``), so that its ``on_log`` adds the AdaGC metrics
+    before the reporting callbacks (which Trainer puts before the user's) read the entry.
+    Moving a callback to an earlier index during the handler's loop calls each one once."""
+    handler: Any = sys._getframe(2).f_locals.get("self")
+    if not isinstance(handler, handler_type):
+        return  # called some other way: metrics still reach log_history
+    callbacks = handler.callbacks
+    if callback in callbacks and callbacks[0] is not callback:
+        callbacks.remove(callback)
+        callbacks.insert(0, callback)
