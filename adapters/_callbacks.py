@@ -8,7 +8,7 @@ from typing import Any
 __all__ = ["move_to_front"]
 
 
-def move_to_front(callback: Any, handler_type: type) -> None:
+def move_to_front(callback: Any, handler_type: Any) -> None:
     """Put ``callback`` first in the list of the ``CallbackHandler`` that is calling it (two
     frames up: the handler's ``call_event``), so that its ``on_log`` adds the AdaGC metrics
     before the reporting callbacks (which Trainer puts before the user's) read the entry.
