@@ -631,3 +631,38 @@ def test_flex_checkpoint_conversion_sees_only_the_optimizer_entries() -> None:
         sharded = opt.sharded_state_dict(weights)
         assert sharded and not any("adagc" in k for k in sharded)
         assert "adagc" in opt.state_dict()  # restored after the conversion
+
+
+@pytest.mark.parametrize("route", ["propagate", "zero"])
+def test_an_overflow_in_bf16(route: str) -> None:
+    """bf16 training usually runs without a GradScaler, and then nothing skips a step whose
+    gradients overflowed: with ``nonfinite="propagate"`` AdamW applies the Inf/NaN and the
+    parameters are lost. ``nonfinite="zero"`` zeroes the gradients AdaGC clips (not those of
+    ``need_clip=False`` parameters, which it never touches). (A ``GradScaler`` with scale 1,
+    which would skip the whole step, is disabled by Paddle on the CPU: untested here.) The
+    AdaGC state never changes on such a step."""
+    model = make_model()
+    clip = ClipGradByAdaGC(warmup_steps=2, nonfinite="zero" if route == "zero" else "propagate")
+    opt = paddle.optimizer.AdamW(1e-2, parameters=model.parameters(), grad_clip=clip)
+
+    def step(k: int, scale: float = 1.0) -> None:
+        x, y = batch(k)
+        with paddle.amp.auto_cast(dtype="bfloat16", level="O1"):
+            loss = paddle.nn.functional.cross_entropy(model(x), y) * scale
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+
+    for k in range(3):
+        step(k)
+    before = host_state(clip)
+    step(3, scale=1e39)  # the loss overflows float32: Inf/NaN gradients everywhere
+    assert_same_state(host_state(clip), before)
+    finite = {n: bool(np.isfinite(v).all()) for n, v in params_of(model).items()}
+    clipped = ["embed.weight", "hidden.weight", "hidden.bias", "head.weight"]
+    if route == "propagate":
+        assert not any(finite[n] for n in clipped)  # the run is lost
+    else:
+        assert all(finite[n] for n in clipped)
+        assert not finite["head.bias"]  # need_clip=False: AdaGC never touches it
+        assert int(clip._groups[0].state.step.numpy()) == 3
