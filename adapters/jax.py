@@ -226,6 +226,7 @@ def adagc(
     shard_mode: str = "exact",
     nonfinite: str = "propagate",
     *,
+    warmup_gamma: str = "clipped",
     config: AdaGCConfig | None = None,
     axis_name: AxisName | None = None,
     param_specs: Any = None,
@@ -248,6 +249,9 @@ def adagc(
         nonfinite: ``"propagate"`` (default: NaN/Inf updates pass through, for
             ``optax.apply_if_finite``), ``"zero"``, or ``"raise"`` (eager calls only: it needs
             a host read, which ``jax.jit`` cannot do). The state never changes on such a step.
+        warmup_gamma: ``"clipped"`` (default; paper Algorithm 1, Megatron: gamma_i starts at
+            the warmup minimum of clipped norms h * n_i) or ``"raw"`` (of unclipped norms n_i,
+            as Paddle's ``ClipGradByAdaptiveNorm`` and ERNIE do); docs/spec.md §1.1.
         config: an ``adagc.AdaGCConfig`` instead of the keyword arguments above.
         axis_name: inside ``shard_map``, the mesh axis name (or tuple of names) the gradients
             are sharded over. ``None`` (default) for whole arrays: plain ``jax.jit``, also with
@@ -273,6 +277,7 @@ def adagc(
             granularity=granularity,  # type: ignore[arg-type]
             shard_mode=shard_mode,  # type: ignore[arg-type]
             nonfinite=nonfinite,  # type: ignore[arg-type]
+            warmup_gamma=warmup_gamma,  # type: ignore[arg-type]
         )
     elif not isinstance(config, AdaGCConfig):
         raise TypeError(f"config must be an adagc.AdaGCConfig, got {type(config).__name__}")

@@ -81,6 +81,10 @@ class ClipGradByAdaGC(ClipGradBase):
     Args:
         lambda_rel, beta, warmup_steps, lambda_abs, eps, granularity, shard_mode, nonfinite:
             see ``adagc.AdaGCConfig`` (validated here: a bad value raises ``ValueError``).
+        warmup_gamma: ``"clipped"`` (default; paper, Megatron) or ``"raw"``: the warmup
+            minimum gamma_i starts from, over clipped or unclipped norms. ``"raw"`` is Paddle's
+            own ``ClipGradByAdaptiveNorm`` (and ERNIE); docs/spec.md §1.1 sets the two side
+            by side (that code's ``start_clip_steps`` is ``warmup_steps - 1`` here).
         parameters: optional, the same ``parameters`` the optimizer gets (a list of
             parameters, or of ``{"params": [...]}`` groups). Registers every parameter up
             front, so ``set_state_dict`` can check a checkpoint completely before the first
@@ -114,6 +118,7 @@ class ClipGradByAdaGC(ClipGradBase):
         shard_mode: str = "exact",
         nonfinite: str = "propagate",
         *,
+        warmup_gamma: str = "clipped",
         parameters: Iterable[Any] | None = None,
         shard_groups: ShardGroups | None = None,
         sum_groups: Sequence[Any] | None = None,
@@ -129,6 +134,7 @@ class ClipGradByAdaGC(ClipGradBase):
             granularity=granularity,  # type: ignore[arg-type]
             shard_mode=shard_mode,  # type: ignore[arg-type]
             nonfinite=nonfinite,  # type: ignore[arg-type]
+            warmup_gamma=warmup_gamma,  # type: ignore[arg-type]
         )
         if fast_path is not None and not isinstance(fast_path, bool):
             raise TypeError(f"fast_path must be None, True or False, got {fast_path!r}")
@@ -153,7 +159,7 @@ class ClipGradByAdaGC(ClipGradBase):
             f"ClipGradByAdaGC(lambda_rel={c.lambda_rel}, beta={c.beta}, "
             f"warmup_steps={c.warmup_steps}, lambda_abs={c.lambda_abs}, eps={c.eps}, "
             f"granularity={c.granularity!r}, shard_mode={c.shard_mode!r}, "
-            f"nonfinite={c.nonfinite!r})"
+            f"nonfinite={c.nonfinite!r}, warmup_gamma={c.warmup_gamma!r})"
         )
 
     __repr__ = __str__

@@ -168,6 +168,9 @@ class AdaGC:
             collective per process group) or ``"local"`` (AdaGC-Shard).
         nonfinite: ``"propagate"`` (default; leaves Inf/NaN for ``GradScaler`` to skip the step),
             ``"zero"`` or ``"raise"``. The AdaGC state never changes on a non-finite step.
+        warmup_gamma: ``"clipped"`` (default; paper Algorithm 1, Megatron: gamma_i starts at
+            the warmup minimum of clipped norms h * n_i) or ``"raw"`` (of unclipped norms n_i,
+            as Paddle's ``ClipGradByAdaptiveNorm`` and ERNIE do); docs/spec.md §1.1.
         process_group: for sharded (DTensor) gradients, an explicit group (default: the
             DTensor's mesh). With ``pp_mesh`` and ``shard_mode="local"``: the group of every
             stage's shard ranks, for the one [G^2, flag] all-reduce (default: the gradients'
@@ -204,6 +207,7 @@ class AdaGC:
         shard_mode: str = "exact",
         nonfinite: str = "propagate",
         *,
+        warmup_gamma: str = "clipped",
         process_group: Any = None,
         pp_mesh: Any = None,
         fast_path: bool | None = None,
@@ -227,6 +231,7 @@ class AdaGC:
             granularity=granularity,  # type: ignore[arg-type]
             shard_mode=shard_mode,  # type: ignore[arg-type]
             nonfinite=nonfinite,  # type: ignore[arg-type]
+            warmup_gamma=warmup_gamma,  # type: ignore[arg-type]
         )
         self.names, self.params = _collect(params)
         if fast_path not in (None, True, False):

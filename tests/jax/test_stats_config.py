@@ -151,3 +151,13 @@ def test_the_config_is_static_and_survives_tree_operations() -> None:
     _, s = jax.jit(guarded.update)({"w": jnp.full((2, 2), jnp.nan)}, s, params)
     assert int(s.notfinite_count) == 1
     assert s.inner_state[0].config == CFG and int(s.inner_state[0].step) == 0
+
+
+def test_warmup_gamma_keyword_reaches_the_config() -> None:
+    import jax.numpy as jnp
+
+    from adagc.adapters.jax import adagc as adagc_tx
+
+    tx = adagc_tx(warmup_gamma="raw")
+    state = tx.init({"w": jnp.zeros(3)})
+    assert state.config.warmup_gamma == "raw"

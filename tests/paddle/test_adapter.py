@@ -666,3 +666,10 @@ def test_an_overflow_in_bf16(route: str) -> None:
         assert all(finite[n] for n in clipped)
         assert not finite["head.bias"]  # need_clip=False: AdaGC never touches it
         assert int(clip._groups[0].state.step.numpy()) == 3
+
+
+def test_warmup_gamma_raw_is_paddles_own_warmup() -> None:
+    clip = ClipGradByAdaGC(warmup_gamma="raw")
+    assert clip.config.warmup_gamma == "raw" and "warmup_gamma='raw'" in str(clip)
+    with pytest.raises(ValueError, match="warmup_gamma"):
+        ClipGradByAdaGC(warmup_gamma="unclipped")

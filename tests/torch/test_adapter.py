@@ -248,3 +248,28 @@ def test_a_loaded_state_shares_no_memory_with_the_checkpoint() -> None:
     sd["step"].fill_(0)
     torch.testing.assert_close(other.state.gamma, kept, rtol=0, atol=0)
     assert int(other.state.step) == int(clipper.state.step)
+
+
+def test_warmup_gamma_raw_reaches_the_core() -> None:
+    """``AdaGC(..., warmup_gamma="raw")``: the same state as the core with that config, and a
+    different one from the default when the warmup global norm exceeds lambda_abs."""
+    import numpy as np
+
+    import adagc
+
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=s) * 3.0 for s in [(4, 3), (5,)]] for _ in range(4)]
+    states = {}
+    for mode in ("clipped", "raw"):
+        params = [torch.nn.Parameter(torch.zeros(*g.shape, dtype=torch.float64)) for g in grads[0]]
+        clip = AdaGC(params, warmup_steps=2, warmup_gamma=mode)
+        cfg = adagc.AdaGCConfig(warmup_steps=2, warmup_gamma=mode)
+        ref = adagc.init(grads[0], cfg)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = torch.tensor(g)
+            clip.clip_()
+            _, ref, _ = adagc.update([g.copy() for g in step], ref, cfg)
+        np.testing.assert_allclose(clip.state.gamma.numpy(), ref.gamma, rtol=1e-12)
+        states[mode] = clip.state.gamma.numpy()
+    assert not np.allclose(states["clipped"], states["raw"])
