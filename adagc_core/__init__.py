@@ -27,6 +27,7 @@ from ._errors import (
     NotWritableError,
     StateMismatchError,
 )
+from ._graph import JitStep, TracedRaiseError, jit_step
 from ._protocol import ArrayBackend, Reducer
 from ._spike import SpikeReport, spike_score
 from ._types import AdaGCState, AdaGCStats
@@ -40,16 +41,19 @@ __all__ = [
     "AdaGCStats",
     "ArrayBackend",
     "CheckpointMismatchError",
+    "JitStep",
     "NonFiniteGradientError",
     "NotWritableError",
     "Reducer",
     "SpikeReport",
     "StateMismatchError",
+    "TracedRaiseError",
     "__version__",
     "from_portable",
     "generic_update",
     "get_backend",
     "init",
+    "jit_step",
     "register_backend",
     "registered_backends",
     "spike_score",

@@ -29,13 +29,13 @@ class BackendEntry:
     owns: Callable[[Any], bool]
 
 
-def _isinstance_of(module: str, attr: str) -> Callable[[Any], bool]:
+def _isinstance_of(module: str, *attrs: str) -> Callable[[Any], bool]:
     def owns(x: Any) -> bool:
         mod = sys.modules.get(module)
         if mod is None:
             return False
-        cls = getattr(mod, attr, None)
-        return cls is not None and isinstance(x, cls)
+        classes = tuple(c for c in (getattr(mod, a, None) for a in attrs) if c is not None)
+        return bool(classes) and isinstance(x, classes)
 
     return owns
 
@@ -64,6 +64,12 @@ register_backend("torch", "adagc.backends.torch", _isinstance_of("torch", "Tenso
 register_backend("jax", "adagc.backends.jax", _isinstance_of("jax", "Array"))
 register_backend("paddle", "adagc.backends.paddle", _isinstance_of("paddle", "Tensor"))
 register_backend("cupy", "adagc.backends.cupy", _isinstance_of("cupy", "ndarray"))
+# Gradients from tf.GradientTape are tf.Tensor, or tf.IndexedSlices for embedding lookups.
+register_backend(
+    "tensorflow",
+    "adagc.backends.tensorflow",
+    _isinstance_of("tensorflow", "Tensor", "IndexedSlices"),
+)
 
 
 def get_backend(name_or_module: str | ArrayBackend) -> ArrayBackend:
@@ -84,10 +90,17 @@ def get_backend(name_or_module: str | ArrayBackend) -> ArrayBackend:
         module = importlib.import_module(module_path)
     except ImportError as exc:
         known = ", ".join(_REGISTRY)
+        if entry is not None:  # a built-in name: its framework is an extra
+            hint = f"install the matching extra: pip install 'adagc[{name_or_module}]'"
+        else:  # a module path: it must be importable from here
+            hint = (
+                f"{name_or_module!r} is not a registered name, so it is taken as the module "
+                "path of a third-party backend, which must be importable (installed, or on "
+                "sys.path / PYTHONPATH) and define BACKEND (docs/porting.md)"
+            )
         raise ImportError(
             f"cannot load adagc backend {name_or_module!r} from module {module_path!r}: {exc}. "
-            f"Registered backends: {known}; install the matching extra, e.g. "
-            f"pip install 'adagc[{name_or_module}]'."
+            f"Registered backends: {known}; {hint}."
         ) from exc
     backend = getattr(module, "BACKEND", None)
     if backend is None:
@@ -100,11 +113,9 @@ def _name_for_type(x: Any) -> str:
     cls = type(x)
     name = _TYPE_CACHE.get(cls)
     if name is None:
-        for entry in _REGISTRY.values():
-            if entry.owns(x):
-                name = entry.name
-                break
-        else:
+        # No for/else here: AutoGraph (tf.function) converts this module and warns on it.
+        name = next((e.name for e in _REGISTRY.values() if e.owns(x)), None)
+        if name is None:
             raise TypeError(
                 f"adagc got an array of type {cls.__module__}.{cls.__qualname__}, which no "
                 f"registered backend ({', '.join(_REGISTRY)}) handles. Pass arrays of a "
