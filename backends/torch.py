@@ -4,8 +4,9 @@
 - Norms: one ``torch._foreach_norm`` per (device, dtype) group, accumulated in float32 for
   float16/bfloat16 (``dtype=torch.float32``) and in the tensor's own dtype otherwise, with no
   rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3). On the
-  CPU, tensors above 32,768 elements are summed as row norms added in float64 instead
-  (``_rows_sum_squares``): ``_foreach_norm`` there drifts by ~1e-2 at 1e8 elements.
+  CPU, tensors above 32,768 elements are summed in float64 from BLAS dot products of blocks
+  (float16/bfloat16: float32 row norms) instead (``_large_sum_squares``): ``_foreach_norm``
+  there drifts by ~1e-2 at 1e8 elements.
 - Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient
   (float16/bfloat16 tensors are multiplied in float32 and rounded once).
   On the CPU the coefficients are first read on the host (nothing to sync) and tensors whose
@@ -86,20 +87,30 @@ def _index(idx: list[int], device: torch.device) -> torch.Tensor:
     return t
 
 
-# CPU tensors above this many elements are summed in rows (see _rows_sum_squares).
+# CPU tensors above this many elements are summed in float64 blocks (_large_sum_squares).
 _CHUNK = 1 << 15
 _STRIDED = torch.strided
 _numel = torch.Tensor.numel
 
 
-def _rows_sum_squares(g: torch.Tensor, acc: torch.dtype | None) -> torch.Tensor:
-    """The sum of squares of a large CPU tensor as a float64 0-d tensor, accurate to ~1e-8
-    (float32) / ~2e-7 (half) relative up to 2e8 elements: norms of rows of 4,096 elements
-    (1,024 for float16/bfloat16, whose CPU reductions drift sooner), in the tensor's dtype or
-    ``acc``, squared and added in float64. As fast as one ``_foreach_norm`` (measured);
-    no rescaling, so a row or total beyond float32 is Inf once cast back."""
-    width = 1024 if g.dtype in _HALF else 4096
+_BLOCK = 1 << 18  # elements per BLAS dot of a large float32/float64 tensor
+
+
+def _large_sum_squares(g: torch.Tensor, acc: torch.dtype | None) -> torch.Tensor:
+    """The sum of squares of a large CPU tensor as a float64 0-d tensor, no rescaling (a
+    block or total beyond float32 is Inf once cast back).
+
+    - float32/float64: BLAS dot products (``torch.dot``: one read, no temporary) of blocks of
+      262,144 elements, added in float64: 4e-8 relative at 1.3e8 float32 elements, at the
+      speed of one read of the tensor (measured: docs/benchmarks.md).
+    - float16/bfloat16: norms of rows of 1,024 elements accumulated in float32 (torch's CPU
+      half reductions drift sooner, and ``torch.dot`` would accumulate in the half type),
+      squared and added in float64.
+    """
     flat = g.reshape(-1)  # a view for contiguous tensors
+    if acc is None:
+        return torch.stack([torch.dot(b, b) for b in flat.split(_BLOCK)]).double().sum()
+    width = 1024
     n = flat.numel()
     m = n - n % width
     total = torch.linalg.vector_norm(flat[:m].view(-1, width), dim=1, dtype=acc).double()
@@ -187,7 +198,7 @@ class TorchBackend:
             group: list[Any] = [tensors[i] for i in idx]  # no None: _groups skips them
             acc = torch.float32 if dt in _HALF else None
             # On the CPU, torch's norms of large tensors drift (1.6e-2 relative at 1.3e8
-            # float32 elements): those are summed row by row instead (_rows_sum_squares).
+            # float32 elements): those are summed in float64 blocks instead (_large_sum_squares).
             big = (
                 [k for k, g in enumerate(group) if g.numel() > _CHUNK and g.layout == _STRIDED]
                 if dev.type == "cpu" and max(map(_numel, group)) > _CHUNK
@@ -203,7 +214,7 @@ class TorchBackend:
             if big:
                 squares = [n.to(out_dtype).square() for n in norms]
                 for k in big:
-                    squares.insert(k, _rows_sum_squares(group[k], acc).to(out_dtype))
+                    squares.insert(k, _large_sum_squares(group[k], acc).to(out_dtype))
                 sq = torch.stack(squares)
             else:
                 sq = torch.stack(norms).to(out_dtype)
