@@ -41,6 +41,7 @@ class Harness:
     device: str | None = None
     like: Any = None
     _jitted: dict[Any, Callable[..., Any]] = field(default_factory=dict)
+    _home: list[Any] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -70,6 +71,15 @@ class Harness:
 
     def to_numpy(self, x: Any) -> Any:
         return None if x is None else np.asarray(self.backend.to_numpy(x))
+
+    @property
+    def home(self) -> Any:
+        """The device results must be on: ``like``'s with ``--device``, otherwise where the
+        backend puts a new array (``None``: the backend reports no device)."""
+        if not self._home:  # computed once per harness
+            probe = self.like if self.like is not None else self.asarray(0.0, "float32")
+            self._home.append(self.backend.device(probe))
+        return self._home[0]
 
     # -- the API under test --------------------------------------------------------------
     def init(self, grads: Sequence[Any], cfg: adagc.AdaGCConfig) -> adagc.AdaGCState:
@@ -112,6 +122,12 @@ def make_harness(name: str, jit: bool = False, device: str | None = None) -> Har
     module_path = _REGISTRY[name].module if name in _REGISTRY else name
     module = importlib.import_module(module_path)
     dtypes = tuple(getattr(module, "CONFORMANCE_DTYPES", ("float32", "float64")))
+    unknown = [d for d in dtypes if d not in TOLERANCES]
+    if unknown:
+        raise ValueError(
+            f"backend {name!r} lists CONFORMANCE_DTYPES {unknown}, which the suite cannot "
+            f"test: it has tolerances for {', '.join(TOLERANCES)} only"
+        )
     if jit and not hasattr(module, "jit_update"):
         raise ValueError(f"backend {name!r} has no jit_update(cfg); --jit is not available")
     like = None
@@ -124,9 +140,28 @@ def make_harness(name: str, jit: bool = False, device: str | None = None) -> Har
     return h
 
 
+TOLERANCES: dict[str, float] = {
+    "float64": 1e-12,
+    "float32": 1e-5,
+    # A 16-bit run rounds its inputs to 16 bits before the step and its outputs once more,
+    # while the goldens are computed from the unrounded float64 inputs: about two units of
+    # roundoff each (float16 has 11 significant bits, bfloat16 8).
+    "float16": 2e-3,
+    "bfloat16": 1.6e-2,
+}
+"""The suite's rtol per dtype of the gradients (results and, for 16-bit runs, their norms)."""
+
+
 def tolerance(dtype: str) -> float:
-    """rtol of the suite: 1e-12 for float64, 1e-5 for float32."""
-    return 1e-12 if dtype == "float64" else 1e-5
+    """rtol of the suite for gradients of ``dtype`` (``TOLERANCES``): 1e-12 for float64,
+    1e-5 for float32, 2e-3 for float16, 1.6e-2 for bfloat16."""
+    try:
+        return TOLERANCES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"the conformance suite has no tolerance for dtype {dtype!r}; list only "
+            f"{', '.join(TOLERANCES)} in CONFORMANCE_DTYPES"
+        ) from None
 
 
 def assert_close(
@@ -148,8 +183,9 @@ def assert_close(
     owner = adagc._dispatch._name_for_type(actual)
     assert get_backend(owner) is b, f"{what}: result is a {owner} array, not {b.name}"
     assert b.dtype_name(actual) == dtype, f"{what}: dtype {b.dtype_name(actual)} != {dtype}"
-    if harness.like is not None:
-        assert b.device(actual) == b.device(harness.like), f"{what}: on the wrong device"
+    home = harness.home
+    if home is not None:  # every run, not only with --device
+        assert b.device(actual) == home, f"{what}: on device {b.device(actual)!r}, not {home!r}"
     got = np.asarray(b.to_numpy(actual), dtype=np.float64)
     exp = np.asarray(expected, dtype=np.float64)
     assert got.shape == exp.shape, f"{what}: shape {got.shape} != {exp.shape}"
