@@ -96,6 +96,11 @@ class ClipGradByAdaGC(ClipGradBase):
             (single process, or data parallel after the gradient all-reduce).
         sum_groups: groups the ``shard_mode="local"`` global sum runs over (default: those of
             ``shard_groups``).
+        pp_group: pipeline parallelism: the pipeline group
+            (``hcg.get_pipe_parallel_group()``); each stage's clip then sums
+            ``[G^2, non-finite flag]`` over the stages in one all-reduce per step, so warmup
+            clips by the whole model's G and every stage keeps the same step counter, in
+            exact mode too (per-tensor norms need nothing from the other stages).
         fast_path: the CuPy fused kernels for CUDA tensors (zero-copy through their device
             pointers, on Paddle's stream). ``None`` (default): use them when the gradients are
             on a GPU and the CuPy fast path is installed, else the generic path; ``False``:
@@ -122,6 +127,7 @@ class ClipGradByAdaGC(ClipGradBase):
         parameters: Iterable[Any] | None = None,
         shard_groups: ShardGroups | None = None,
         sum_groups: Sequence[Any] | None = None,
+        pp_group: Any = None,
         fast_path: bool | None = None,
     ) -> None:
         super().__init__()
@@ -143,6 +149,7 @@ class ClipGradByAdaGC(ClipGradBase):
         self.fast_path = fast_path
         self.shard_groups = shard_groups
         self.sum_groups = sum_groups
+        self.pp_group = pp_group
         self._groups: list[_Group] = []
         self._group_of: dict[str, int] = {}
         self._fixed = parameters is not None
@@ -280,10 +287,12 @@ class ClipGradByAdaGC(ClipGradBase):
         return group.state
 
     def _reducer(self, group: _Group) -> PaddleReducer | None:
-        if self.shard_groups is None and self.sum_groups is None:
+        if self.shard_groups is None and self.sum_groups is None and self.pp_group is None:
             return None
         if group.reducer is None:
-            group.reducer = PaddleReducer(group.shard, self.sum_groups)
+            group.reducer = PaddleReducer(
+                group.shard, self.sum_groups, self.pp_group, self.config.shard_mode
+            )
         return group.reducer
 
     def _fast_step(self, grads: list[Any]) -> Callable[..., Any] | None:

@@ -41,10 +41,20 @@ class PaddleReducer:
             summed over, one all-reduce each; default: every distinct group of
             ``tensor_groups``. Data-parallel replicas are never summed (their gradients are
             already identical after the data-parallel all-reduce).
+        stage_group: pipeline parallelism: the group of the stages (each holds other
+            tensors). ``[G^2, flag]`` is then summed over it in ``shard_mode="exact"`` too
+            (``stages``: the whole model's G in warmup, one non-finite decision, one k), and
+            in ``"local"`` it joins ``sum_groups`` (once, if it is there already).
+        shard_mode: the config's; with ``stage_group``, ``"exact"`` sums only over the
+            stages (per-tensor norms are full already).
     """
 
     def __init__(
-        self, tensor_groups: Sequence[Sequence[Any]], sum_groups: Iterable[Any] | None = None
+        self,
+        tensor_groups: Sequence[Sequence[Any]],
+        sum_groups: Iterable[Any] | None = None,
+        stage_group: Any = None,
+        shard_mode: str = "exact",
     ) -> None:
         distinct: dict[Any, Any] = {}
         members: dict[Any, list[bool]] = {}
@@ -64,6 +74,12 @@ class PaddleReducer:
             if sum_groups is None
             else [g for g in sum_groups if g is not None and getattr(g, "nranks", 2) > 1]
         )
+        self.stages = stage_group is not None and getattr(stage_group, "nranks", 2) > 1
+        if self.stages:
+            if shard_mode == "exact":
+                self.sum_groups = [stage_group]
+            elif all(_group_key(g) != _group_key(stage_group) for g in self.sum_groups):
+                self.sum_groups = [*self.sum_groups, stage_group]
 
     def _masks_on(self, like: paddle.Tensor) -> list[paddle.Tensor]:
         key = str(like.place)
@@ -82,7 +98,7 @@ class PaddleReducer:
         return vec
 
     def sum(self, vec: paddle.Tensor) -> paddle.Tensor:
-        """SUM all-reduce over ``sum_groups`` (``shard_mode="local"``)."""
+        """SUM all-reduce over ``sum_groups`` (``shard_mode="local"``, or the stages)."""
         out = vec.clone()
         for group in self.sum_groups:
             dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)

@@ -2,6 +2,7 @@
 
     python -m tests.paddle._dist_workers plain OUTDIR   # data parallel + sharded gradients
     python -m tests.paddle._dist_workers fleet OUTDIR   # fleet hybrid, model-parallel group
+    python -m tests.paddle._dist_workers stages OUTDIR  # pipeline stages (pp_group)
 
 Each rank writes ``OUTDIR/<scenario>-rank<r>.npz``; the test compares them with a
 single-process run of the same steps.
@@ -184,11 +185,50 @@ def fleet(outdir: str) -> None:
     np.savez(Path(outdir, f"fleet-rank{dist.get_rank()}.npz"), **out)
 
 
+STAGE_OF = [0, 0, 1]
+"""Pipeline stages of the sharded scenarios' tensors: rank 0 holds tensors 0 and 1, rank 1
+tensor 2 (whole tensors, as pipeline stages hold them)."""
+INF_STEP = 3  # after warmup: an Inf in stage 1's tensor only
+
+
+def stage_grads(step: int) -> list[np.ndarray]:
+    grads = sharded_grads(step)
+    if step == INF_STEP:
+        grads[2][0, 0] = np.inf
+    return grads
+
+
+def stages(outdir: str) -> None:
+    import paddle
+    import paddle.distributed as dist
+
+    from adagc.adapters.paddle import ClipGradByAdaGC
+
+    dist.init_parallel_env()
+    rank = dist.get_rank()
+    mine = [i for i, s in enumerate(STAGE_OF) if s == rank]
+    params = _params([SHAPES[i] for i in mine], "s", [False] * len(mine))
+    clip = ClipGradByAdaGC(warmup_steps=WARMUP, pp_group=dist.new_group([0, 1]))
+    counter = _Counter()
+    out: dict[str, np.ndarray] = {"tensors": np.array(mine)}
+    for step in range(STEPS):
+        grads = stage_grads(step)
+        pairs = [(p, paddle.to_tensor(grads[i])) for p, i in zip(params, mine, strict=True)]
+        for i, (_, g) in zip(mine, clip(pairs), strict=True):
+            out[f"stages_s{step}_t{i}"] = g.numpy()
+        out[f"stages_nonfinite_s{step}"] = clip.last_stats.nonfinite.numpy()
+        out[f"stages_global_norm_s{step}"] = clip.last_stats.global_norm.numpy()
+    out["stages_allreduce_calls"] = np.array(counter.calls)
+    out["stages_gamma"] = clip._groups[0].state.gamma.numpy()
+    out["stages_step"] = clip._groups[0].state.step.numpy()
+    np.savez(Path(outdir, f"stages-rank{rank}.npz"), **out)
+
+
 def main() -> int:
     import paddle.distributed as dist
 
     scenario, outdir = sys.argv[1], sys.argv[2]
-    fn = {"plain": plain, "fleet": fleet}[scenario]
+    fn = {"plain": plain, "fleet": fleet, "stages": stages}[scenario]
     dist.spawn(fn, args=(outdir,), nprocs=2, backend="gloo")
     return 0
 

@@ -137,3 +137,36 @@ def test_fleet_model_parallel_group(run_python_module, tmp_path) -> None:
     ranks = _spawn(run_python_module, "fleet", tmp_path)
     assert all(int(r["sum_groups"]) == 1 for r in ranks)  # the model-parallel group
     _assert_shards_match(ranks, "fleet", _reference_full("ref_fleet"))
+
+
+def test_pipeline_stages_equal_the_single_process(run_python_module, tmp_path) -> None:
+    """``pp_group``: two ranks holding different whole tensors (as pipeline stages do) clip
+    exactly as one process with all tensors, through warmup and after, with one all-reduce
+    per step; an Inf on stage 1 only makes both stages skip (the step counters stay equal)."""
+    ranks = _spawn(run_python_module, "stages", tmp_path)
+    params = [
+        paddle.create_parameter(list(s), "float32", name=f"ref_stages{i}")
+        for i, s in enumerate(W.SHAPES)
+    ]
+    clip = ClipGradByAdaGC(warmup_steps=W.WARMUP)
+    for step in range(W.STEPS):
+        pairs = [(p, paddle.to_tensor(g)) for p, g in zip(params, W.stage_grads(step), strict=True)]
+        want = [g.numpy() for _, g in clip(pairs)]
+        for res in ranks:
+            assert bool(res[f"stages_nonfinite_s{step}"]) == (step == W.INF_STEP)
+            np.testing.assert_allclose(
+                res[f"stages_global_norm_s{step}"], clip.last_stats.global_norm.numpy(), rtol=1e-6
+            )
+            for i in res["tensors"]:
+                np.testing.assert_allclose(
+                    res[f"stages_s{step}_t{i}"],
+                    want[i],
+                    rtol=1e-6,
+                    atol=1e-7,
+                    err_msg=f"{step} {i}",
+                )
+    gamma, step = clip._groups[0].state.gamma.numpy(), int(clip._groups[0].state.step.numpy())
+    for res in ranks:
+        assert int(res["stages_allreduce_calls"]) == W.STEPS  # [G^2, flag] only
+        assert int(res["stages_step"]) == step == W.STEPS - 1  # the Inf step was skipped
+        np.testing.assert_allclose(res["stages_gamma"], gamma[res["tensors"]], rtol=1e-6)
