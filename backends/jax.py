@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adagc._algorithm import generic_update, inspect_gradients
+from adagc._algorithm import generic_update
 from adagc._config import AdaGCConfig
-from adagc._errors import NonFiniteGradientError
+from adagc._graph import JitStep, jit_step, traced_raise_error
 from adagc._protocol import DType, Reducer
 from adagc._types import AdaGCState, AdaGCStats
 
@@ -100,6 +100,8 @@ class JaxBackend:
         return out
 
     def to_numpy(self, x: Any) -> np.ndarray:
+        if is_traced(x):  # nonfinite="raise" under jax.jit: say so, not a conversion error
+            raise traced_raise_error("jax.jit")
         arr = np.asarray(jax.device_get(x))
         if arr.dtype.name == "bfloat16":  # NumPy cannot compute with ml_dtypes' bfloat16
             arr = arr.astype(np.float32)
@@ -214,24 +216,19 @@ BACKEND = JaxBackend()
 
 
 @lru_cache(maxsize=64)
-def _compiled(cfg: AdaGCConfig, through_update: bool = False) -> Callable[..., Any]:
-    """One jitted step per config (XLA caches one executable per gradient layout in it).
+def _compiled(cfg: AdaGCConfig, through_update: bool = False) -> JitStep:
+    """One jitted step per config (XLA caches one executable per gradient layout in it),
+    built with ``adagc.jit_step``: ties and ``"raise"`` are handled outside the trace.
 
     ``through_update`` traces the public ``adagc.update`` (dispatch on tracers included), the
     way a user's own ``jax.jit`` around it does; otherwise ``generic_update`` directly.
     """
-    # "raise" needs a host read, which cannot happen inside jit: the compiled step computes
-    # the "propagate" result and the caller raises afterwards (nothing was mutated).
-    inner = cfg.replace(nonfinite="propagate") if cfg.nonfinite == "raise" else cfg
+    body = None if through_update else _generic_body
+    return jit_step(jax.jit, cfg, backend=BACKEND, body=body)
 
-    def step(used: list[Any], state: AdaGCState) -> Any:
-        if through_update:
-            from adagc import update  # under the trace the fast path declines: generic
 
-            return update(used, state, inner)
-        return generic_update(used, state, inner, BACKEND)
-
-    return jax.jit(step)
+def _generic_body(used: list[Any], state: AdaGCState, cfg: AdaGCConfig) -> Any:
+    return generic_update(used, state, cfg, BACKEND)
 
 
 def _jitted_step(
@@ -241,23 +238,13 @@ def _jitted_step(
     names: Sequence[str] | None,
     through_update: bool = False,
 ) -> tuple[list[Any], AdaGCState, AdaGCStats]:
-    # Ties are object identity, which tracing cannot see: they are resolved here, outside
-    # the trace, and the repeats enter the computation as absent (spec §3).
-    layout = inspect_gradients(BACKEND, grads)
-    out, new_state, stats = _compiled(cfg, through_update)(layout.used, state)
-    out = [o if u is not None else g for o, u, g in zip(out, layout.used, grads)]
-    for j, i in layout.ties:
-        out[j] = out[i]
-    if cfg.nonfinite == "raise" and bool(stats.nonfinite):  # the one host read, as asked
-        finite = np.asarray(jnp.isfinite(stats.norms)).tolist()
-        raise NonFiniteGradientError.from_finite(finite, names)
-    return out, new_state, stats
+    return _compiled(cfg, through_update)(grads, state, names)
 
 
 def jit_update(cfg: AdaGCConfig) -> Callable[[list[Any], AdaGCState], Any]:
     """``fn(grads, state) -> (clipped, state, stats)``: ``adagc.update`` called inside a
-    user's ``jax.jit`` (``--jit`` of the conformance suite). Ties and ``"raise"`` are handled
-    outside the trace, as a caller of ``jax.jit`` must."""
+    user's ``jax.jit`` (``--jit`` of the conformance suite), through ``adagc.jit_step``: ties
+    and ``"raise"`` are handled outside the trace, as a caller of ``jax.jit`` must."""
 
     def fn(grads: list[Any], state: AdaGCState) -> Any:
         return _jitted_step(grads, state, cfg, None, through_update=True)
