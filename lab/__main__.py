@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PRESETS = {
     # name: (n_layer, d_model, n_head, ctx, batch, steps, adagc_warmup, seeds, faults)
@@ -63,6 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument(
+        "--sweep-lr",
+        action="store_true",
+        help="clean runs over a log grid of peak learning rates (--lrs) for each method and "
+        "seed (default 2 seeds, no weight decay); writes sweep.json, sweep.png, sweep.txt and "
+        "prints each method's LR sensitivity (Wortsman et al. 2023)",
+    )
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help="comma list of peak learning rates for --sweep-lr "
+        "(default 2e-3,5e-3,1e-2,2e-2,5e-2,0.1,0.2,0.5,1)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="AdamW/Lion weight decay (default 0.1; 0 for --sweep-lr)",
+    )
+    p.add_argument(
+        "--adagc-warmup",
+        type=int,
+        default=None,
+        help="AdaGC warmup_steps T_start (default: the preset's, 40 for small)",
+    )
+    p.add_argument("--lambda-rel", type=float, default=1.04, help="AdaGC lambda_rel (default 1.04)")
+    p.add_argument(
         "--corpus",
         nargs="+",
         default=None,
@@ -96,18 +124,39 @@ def main(argv: list[str] | None = None) -> int:
         faults = parse_faults(ns.faults if ns.faults is not None else preset_faults)
     except FaultPlanError as exc:
         parser.error(str(exc))
-    methods = (
-        available_methods()
-        if ns.methods is None
-        else [m.strip() for m in ns.methods.split(",") if m.strip()]
-    )
+    from .sweep import DEFAULT_LRS, SWEEP_METHODS
+
+    if ns.methods is not None:
+        methods = [m.strip() for m in ns.methods.split(",") if m.strip()]
+    elif ns.sweep_lr:
+        methods = [m for m in SWEEP_METHODS if m in available_methods()]
+    else:
+        methods = available_methods()
     for m in methods:
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
         if m not in available_methods():
             parser.error(f"method {m!r} needs the {m} package: pip install {m}")
     steps = ns.steps if ns.steps is not None else steps
-    seeds = ns.seeds if ns.seeds is not None else seeds
+    seeds = ns.seeds if ns.seeds is not None else (max(2, seeds) if ns.sweep_lr else seeds)
+    warm = ns.adagc_warmup if ns.adagc_warmup is not None else warm
+    if warm < 0 or not ns.lambda_rel > 0:
+        parser.error("--adagc-warmup must be >= 0 and --lambda-rel > 0")
+    lrs: list[float] = list(DEFAULT_LRS)
+    if ns.lrs is not None:
+        if not ns.sweep_lr:
+            parser.error("--lrs is for --sweep-lr")
+        try:
+            lrs = [float(x) for x in ns.lrs.split(",") if x.strip()]
+        except ValueError:
+            parser.error(f"--lrs must be a comma list of numbers, got {ns.lrs!r}")
+        if not lrs or not all(0 < x < math.inf for x in lrs):
+            parser.error(f"--lrs must be positive finite numbers, got {ns.lrs!r}")
+    if ns.sweep_lr:
+        if ns.faults not in (None, "clean", "none"):
+            parser.error("--sweep-lr runs clean (no injected faults); leave out --faults")
+        faults = []  # the sweep is about natural instabilities: clean runs only
+    weight_decay = ns.weight_decay if ns.weight_decay is not None else (0.0 if ns.sweep_lr else 0.1)
     if steps < 2 or seeds < 1:
         parser.error("--steps must be >= 2 and --seeds >= 1")
     if any(f.step >= steps for f in faults):
@@ -144,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         lr=ns.lr,
         optimizer=ns.optimizer,
         adagc_warmup=warm,
+        lambda_rel=ns.lambda_rel,
+        weight_decay=weight_decay,
         device=ns.device,
     )
     out = Path(ns.out) if ns.out else Path("runs") / time.strftime("lab-%Y%m%d-%H%M%S")
     if ns.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(ns.threads)
+    if ns.sweep_lr:
+        return _sweep(ns, cfg, corpus, methods, seeds, lrs, out)
     plans = [(True, faults)] if faults else []
     if not ns.no_clean or not faults:
         plans.append((False, []))
@@ -177,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     title = (
         f"adagc-lab {ns.preset}: {n_layer}-layer d{d_model} byte GPT, {ns.optimizer}, "
         f"peak LR {ns.lr:g}, "
-        f"AdaGC warmup {warm}; faults dashed (seed 0)"
+        f"AdaGC warmup {warm}, lambda_rel {ns.lambda_rel:g}, wd {weight_decay:g}; "
+        "faults dashed (seed 0)"
     )
     meta = {
         "preset": ns.preset,
@@ -189,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": [n_layer, d_model, n_head, ctx],
         "batch": batch,
         "adagc_warmup": warm,
+        "lambda_rel": ns.lambda_rel,
+        "weight_decay": weight_decay,
         "corpus_files": len(corpus.sources),
         "spike": spike,
         "seconds": time.perf_counter() - t0,
@@ -203,6 +259,85 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {out}/ (summary.txt, metrics.json, curves.csv, loss.png) "
         f"in {time.perf_counter() - t0:.0f} s"
     )
+    return 0
+
+
+def _sweep(
+    ns: argparse.Namespace,
+    cfg: Any,
+    corpus: Any,
+    methods: list[str],
+    seeds: int,
+    lrs: list[float],
+    out: Path,
+) -> int:
+    """The learning-rate sweep (``--sweep-lr``): clean runs, one per LR, seed and method."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from .methods import ZCLIP_SETTINGS
+    from .sweep import format_sweep_table, sweep_record, sweep_summary, unigram_loss, write_sweep
+    from .train import train
+
+    spike = {
+        "window": ns.spike_window,
+        "sigma": ns.spike_sigma,
+        "min_history": min(20, ns.spike_window),
+    }
+    baseline = unigram_loss(corpus)
+    m = cfg.model
+    print(
+        f"adagc-lab --sweep-lr: {ns.preset} preset ({m.n_layer}-layer d{m.d_model}), "
+        f"{cfg.steps} steps x {len(lrs)} LRs x {len(methods)} methods x {seeds} seed(s), "
+        f"clean, {ns.optimizer} wd {cfg.weight_decay:g}; LRs {', '.join(f'{x:g}' for x in lrs)}"
+    )
+    records = []
+    t0 = time.perf_counter()
+    total = len(lrs) * len(methods) * seeds
+    with tqdm(total=total, desc="sweep", disable=ns.quiet, file=sys.stderr) as outer:
+        for lr in lrs:
+            run_cfg = dataclasses.replace(cfg, lr=lr)
+            for seed in range(seeds):
+                for method in methods:
+                    outer.set_postfix_str(f"lr {lr:g} seed {seed} {method}")
+                    r = train(method, seed, [], corpus, run_cfg)
+                    records.append(sweep_record(r, lr, baseline, spike))
+                    outer.update(1)
+    rows = sweep_summary(records)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "preset": ns.preset,
+        "model": [m.n_layer, m.d_model, m.n_head, m.ctx],
+        "steps": cfg.steps,
+        "batch": cfg.batch,
+        "seeds": seeds,
+        "lrs": lrs,
+        "methods": methods,
+        "optimizer": ns.optimizer,
+        "weight_decay": cfg.weight_decay,
+        "adagc_warmup": cfg.adagc_warmup,
+        "lambda_rel": cfg.lambda_rel,
+        "zclip": {k: v for k, v in ZCLIP_SETTINGS.items()} if "zclip" in methods else None,
+        "unigram_loss": baseline,
+        "spike": spike,
+        "seconds": seconds,
+        "lr_sensitivity": "Wortsman et al. 2023: mean over the LR grid of min(val loss, "
+        "loss at init) minus the minimum over the grid (seed-mean curve per method)",
+    }
+    title = (
+        f"adagc-lab --sweep-lr {ns.preset}: {m.n_layer}-layer d{m.d_model} byte GPT, "
+        f"{cfg.steps} steps, {ns.optimizer} wd {cfg.weight_decay:g}, {seeds} seeds, clean"
+    )
+    write_sweep(out, records, rows, meta, title, baseline)
+    print(format_sweep_table(rows))
+    print(
+        "LR sens: Wortsman et al. 2023 LR sensitivity = mean over the grid of "
+        "min(final val loss, loss at init) - its minimum (seed-mean curve); diverged: "
+        f"non-finite, or val loss >= the unigram loss {baseline:.3f}; columns after 'clipped': "
+        "the seed-mean final val loss at each LR"
+    )
+    print(f"wrote {out}/ (sweep.json, sweep_summary.json, sweep.txt, sweep.png) in {seconds:.0f} s")
     return 0
 
 

@@ -83,6 +83,10 @@ def summarize(
             [adagc.spike_score(r.grad_norms, exclude=r.injected, **spike).score for r in main]
         )
         row["frac_clipped"] = _mean([_mean(r.frac_clipped) for r in main])
+        clean_runs = list(clean.values()) or main
+        row["clean_frac_clipped"] = _mean([_mean(r.frac_clipped) for r in clean_runs])
+        row["clean_median_coef"] = _mean([_mean(r.coef_median) for r in clean_runs])
+        row["clean_min_coef"] = min(min(r.coef_min, default=1.0) for r in clean_runs)
         row["max_excursion"] = _mean([_excursion(r) for r in main])
         row["clip_ms"] = statistics.median([t for r in main for t in r.clip_ms])
         if faulted and clean:
@@ -106,6 +110,8 @@ COLUMNS = [
     ("spike_score_loss", "spk loss%", "{:.2f}"),
     ("spike_score_gradnorm", "spk |g|%", "{:.2f}"),
     ("frac_clipped", "clipped", "{:.2f}"),
+    ("clean_frac_clipped", "clean clip", "{:.2f}"),
+    ("clean_median_coef", "med h", "{:.3f}"),
     ("max_excursion", "max exc", "{:.3f}"),
     ("clip_ms", "clip ms", "{:.2f}"),
 ]
@@ -148,6 +154,9 @@ def _smooth(xs: list[float], k: int = 5) -> list[float]:
 
 
 def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) -> None:
+    """Loss (faulted run of seed 0), paired damage, and the over-clipping panels: per step,
+    the fraction of tensors clipped and the median / minimum clipping coefficient of each
+    method (seed 0's clean run where there is one: clipping with nothing injected)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,9 +165,11 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
     seed = min(r.seed for r in results)
     methods = list(dict.fromkeys(r.method for r in results))
     has_clean = any(not r.faulted for r in results) and any(r.faulted for r in results)
+    n_panels = 4 if has_clean else 3
     fig, axes = plt.subplots(
-        2 if has_clean else 1, 1, figsize=(10, 7 if has_clean else 4), sharex=True, squeeze=False
+        n_panels, 1, figsize=(10, 2.6 * n_panels + 1), sharex=True, squeeze=False
     )
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
     ax = axes[0][0]
     for m in methods:
         run = next(
@@ -166,7 +177,7 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             next(r for r in results if r.method == m and r.seed == seed),
         )
         shown = [math.nan if t in set(run.injected) else v for t, v in enumerate(run.losses)]
-        ax.plot(_smooth(shown), label=m, lw=1.4)
+        ax.plot(_smooth(shown), label=m, lw=1.4, color=colors[m])
     ax.set_ylabel("training loss (5-step mean;\ninjected batch left out)")
     ax.set_title(title, fontsize=10)
     if has_clean:
@@ -177,9 +188,24 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             gap = [a - b for a, b in zip(f.losses, c.losses)]
             for t in f.injected:
                 gap[t] = math.nan  # the outlier batch's own loss is the data's, not damage
-            bx.plot(_smooth(gap), label=m, lw=1.4)
+            bx.plot(_smooth(gap), label=m, lw=1.4, color=colors[m])
         bx.axhline(0, color="grey", lw=0.8)
         bx.set_ylabel("damage: faulted - clean loss")
+    cx, dx = axes[-2][0], axes[-1][0]
+    for m in methods:
+        run = next(
+            (r for r in results if r.method == m and r.seed == seed and not r.faulted),
+            next(r for r in results if r.method == m and r.seed == seed),
+        )
+        cx.plot(_smooth(run.frac_clipped), lw=1.2, color=colors[m], label=m)
+        dx.plot(run.coef_median, lw=1.2, color=colors[m])
+        dx.plot(run.coef_min, lw=0.8, ls=":", color=colors[m])
+    which = "clean run" if has_clean else "run"
+    cx.set_ylabel(f"fraction of tensors clipped\n(5-step mean, {which})")
+    cx.set_ylim(-0.03, 1.03)
+    dx.set_ylabel(f"coefficient h ({which}):\nmedian solid, min dotted")
+    dx.set_yscale("log")
+    dx.axhline(1.0, color="grey", lw=0.8)
     for row in axes:
         a = row[0]
         for fault in faults:
@@ -194,7 +220,7 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
                 rotation=90,
             )
     axes[-1][0].set_xlabel("step")
-    axes[0][0].legend(fontsize=8, ncol=3)
+    axes[0][0].legend(fontsize=8, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -222,6 +248,9 @@ def write_outputs(
                         "faulted": r.faulted,
                         "val_loss": r.val_loss,
                         "injected_steps": r.injected,
+                        "frac_clipped": _mean(r.frac_clipped),
+                        "median_coef": _mean(r.coef_median),
+                        "min_coef": min(r.coef_min, default=1.0),
                     }
                     for r in results
                 ],
@@ -233,12 +262,24 @@ def write_outputs(
     with open(out / "curves.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
-            ["method", "seed", "run", "step", "loss", "grad_norm", "frac_clipped", "lr", "injected"]
+            [
+                "method",
+                "seed",
+                "run",
+                "step",
+                "loss",
+                "grad_norm",
+                "frac_clipped",
+                "coef_median",
+                "coef_min",
+                "lr",
+                "injected",
+            ]
         )
         for r in results:
             inj = set(r.injected)
-            for t, (loss, gn, fc, lr) in enumerate(
-                zip(r.losses, r.grad_norms, r.frac_clipped, r.lrs)
+            for t, (loss, gn, fc, cm, cn, lr) in enumerate(
+                zip(r.losses, r.grad_norms, r.frac_clipped, r.coef_median, r.coef_min, r.lrs)
             ):
                 w.writerow(
                     [
@@ -249,6 +290,8 @@ def write_outputs(
                         f"{loss:.6f}",
                         f"{gn:.6g}",
                         f"{fc:.4f}",
+                        f"{cm:.6g}",
+                        f"{cn:.6g}",
                         f"{lr:.6g}",
                         int(t in inj),
                     ]

@@ -27,6 +27,8 @@ class TrainConfig:
     optimizer: str = "adamw"
     adagc_warmup: int = 40
     max_norm: float = 1.0
+    lambda_rel: float = 1.04
+    weight_decay: float = 0.1
     device: str = "cpu"
     val_batches: int = 8
 
@@ -39,10 +41,13 @@ class RunResult:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     frac_clipped: list[float] = field(default_factory=list)
+    coef_median: list[float] = field(default_factory=list)
+    coef_min: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     clip_ms: list[float] = field(default_factory=list)
     injected: list[int] = field(default_factory=list)
     val_loss: float = math.nan
+    diverged: bool = False  # the loss became non-finite; training stopped there
 
 
 def _lr(cfg: TrainConfig, step: int, faults: list[Fault]) -> float:
@@ -60,7 +65,9 @@ def _lr(cfg: TrainConfig, step: int, faults: list[Fault]) -> float:
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
     params = list(model.parameters())
     if cfg.optimizer == "adamw":
-        return [torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.1)]
+        return [
+            torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        ]
     if cfg.optimizer == "sgd":
         return [torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)]
     if cfg.optimizer == "muon":
@@ -78,7 +85,7 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> list[torch.optim.Opt
         from pytorch_optimizer import Lion
 
         groups = [{"params": params, "lr_scale": 0.1}]
-        return [Lion(groups, lr=cfg.lr / 10, betas=(0.9, 0.99), weight_decay=0.1)]
+        return [Lion(groups, lr=cfg.lr / 10, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)]
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -105,7 +112,7 @@ def train(
     torch.manual_seed(seed)
     model = GPT(cfg.model).to(cfg.device)
     opts = _optimizer(cfg, model)
-    clip = make_clipper(method, model, cfg.adagc_warmup, cfg.max_norm)
+    clip = make_clipper(method, model, cfg.adagc_warmup, cfg.max_norm, cfg.lambda_rel)
     data_gen = torch.Generator().manual_seed(seed)
     result = RunResult(method, seed, bool(faults))
     ctx = cfg.model.ctx
@@ -140,14 +147,22 @@ def train(
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         result.grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
         t0 = time.perf_counter()
-        result.frac_clipped.append(clip(step))
+        clipped = clip(step)
         result.clip_ms.append((time.perf_counter() - t0) * 1e3)
+        result.frac_clipped.append(clipped.frac_clipped)
+        result.coef_median.append(clipped.median_coef)
+        result.coef_min.append(clipped.min_coef)
         for o in opts:
             o.step()
         result.losses.append(float(loss.detach()))
         result.lrs.append(lr)
         if progress is not None:
             progress.update(1)
+        if not math.isfinite(result.losses[-1]):
+            result.diverged = True  # nothing more to learn from this run
+            if progress is not None:
+                progress.update(cfg.steps - step - 1)
+            return result
     model.eval()
     with torch.no_grad():
         gen = torch.Generator().manual_seed(1234)
