@@ -64,12 +64,21 @@ register_backend("torch", "adagc.backends.torch", _isinstance_of("torch", "Tenso
 register_backend("jax", "adagc.backends.jax", _isinstance_of("jax", "Array"))
 register_backend("paddle", "adagc.backends.paddle", _isinstance_of("paddle", "Tensor"))
 register_backend("cupy", "adagc.backends.cupy", _isinstance_of("cupy", "ndarray"))
-# Gradients from tf.GradientTape are tf.Tensor, or tf.IndexedSlices for embedding lookups.
-register_backend(
-    "tensorflow",
-    "adagc.backends.tensorflow",
-    _isinstance_of("tensorflow", "Tensor", "IndexedSlices"),
-)
+
+
+def _owns_tensorflow(x: Any) -> bool:
+    """tf.GradientTape gives tf.Tensor, or tf.IndexedSlices for embedding lookups; tf.Variable
+    and Keras 3's TensorFlow variables (``tensorflow.python.types.core.Tensor``) are taken as
+    placeholders by ``init``."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return False
+    core = sys.modules.get("tensorflow.python.types.core")
+    classes = (tf.Tensor, tf.IndexedSlices, tf.Variable)
+    return isinstance(x, classes) or (core is not None and isinstance(x, core.Tensor))
+
+
+register_backend("tensorflow", "adagc.backends.tensorflow", _owns_tensorflow)
 
 
 def get_backend(name_or_module: str | ArrayBackend) -> ArrayBackend:

@@ -44,6 +44,7 @@ __all__ = [
     "BACKEND",
     "CONFORMANCE_DTYPES",
     "TensorFlowBackend",
+    "VariableState",
     "is_traced",
     "jit_update",
     "make_like",
@@ -58,6 +59,7 @@ _DTYPES: dict[str, Any] = {
     "int": tf.int64,  # the step counter and num_clipped: 64-bit, as NumPy and torch
 }
 _HALF = frozenset({tf.float16, tf.bfloat16})
+_NAMES: dict[Any, str] = {}
 _CHUNK = 1 << 16
 
 CONFORMANCE_DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
@@ -84,6 +86,25 @@ def _sum_squares_f32(flat: tf.Tensor) -> tf.Tensor:
         tail = flat[main:]
         total = total + tf.cast(tf.reduce_sum(tail * tail), tf.float64)
     return total
+
+
+def _materialize(v: tf.Tensor) -> tf.Tensor:
+    """``v`` unchanged, as a buffer XLA cannot fuse into its consumers (graph mode only).
+
+    Without it XLA fuses the whole [T]-vector computation (the T stacked norms, the where
+    chain of the coefficients) into each of the T per-tensor products, so compile time
+    grows with T**2 (1,000 tensors did not compile in 20 minutes on 2 cores; JAX has the
+    same problem, see ``adagc.backends.jax._materialize``). A sort is never fused: the
+    float32/64 bits are sorted as integers (a total order, NaN included) with ``top_k`` and
+    scattered back to their positions, which restores ``v`` bit for bit in O(T log T)."""
+    n = v.shape[0]
+    if v.shape.rank != 1 or n is None or n < 2 or not is_traced(v):
+        return v
+    int_type = tf.int64 if v.dtype == tf.float64 else tf.int32
+    bits = tf.bitcast(v, int_type)
+    ordered, order = tf.math.top_k(bits, k=n, sorted=True)
+    restored = tf.scatter_nd(order[:, None], ordered, [n])
+    return tf.bitcast(restored, v.dtype)
 
 
 def _dense_values(g: tf.IndexedSlices) -> tf.Tensor:
@@ -118,10 +139,15 @@ class TensorFlowBackend:
         return np.array(arr, copy=True)
 
     def dtype_name(self, x: Any) -> str:
-        return str(x.dtype.name)
+        dt = x.dtype  # a tf.DType; a string for Keras variables
+        name = _NAMES.get(dt)
+        if name is None:
+            name = _NAMES[dt] = str(tf.as_dtype(dt).name)
+        return name
 
     def size(self, x: Any) -> int:
-        n = x.shape.num_elements()
+        shape = x.shape  # a TensorShape; a tuple for Keras variables
+        n = (shape if isinstance(shape, tf.TensorShape) else tf.TensorShape(shape)).num_elements()
         if n is None:
             raise ValueError(
                 f"adagc needs static shapes, got a tensor of shape {x.shape} (inside "
@@ -149,7 +175,7 @@ class TensorFlowBackend:
             if g.dtype in _HALF:
                 g = tf.cast(g, tf.float32)  # a float16 sum of squares overflows at 65504
             sums.append(tf.cast(_sum_squares_f32(tf.reshape(g, (-1,))), out_dtype))
-        return tf.stack(sums)
+        return _materialize(tf.stack(sums))
 
     def scale(
         self,
@@ -158,6 +184,7 @@ class TensorFlowBackend:
         zero: Any,
         inplace: bool,
     ) -> list[Any]:
+        coefficients = _materialize(coefficients)
         out: list[Any] = []
         for i, g in enumerate(tensors):
             if g is None:
@@ -234,6 +261,66 @@ def jit_update(cfg: Any, *, jit_compile: bool | None = None) -> JitStep:
     xla = _xla_default() if jit_compile is None else jit_compile
     compile: Callable[..., Any] = functools.partial(tf.function, jit_compile=xla)
     return jit_step(compile, cfg, backend=BACKEND)
+
+
+class VariableState(tf.Module):
+    """The AdaGC state in ``tf.Variable``s, for steps compiled by ``tf.function`` (a Keras
+    ``train_step`` under ``model.fit``): a compiled step cannot hand a new Python state to the
+    next call, but it can assign variables. A ``tf.Module``, so ``tf.train.Checkpoint`` saves
+    it; ``adagc.to_portable(vs.state, vs.cfg, names)`` gives the portable checkpoint.
+
+    ``variables``: the model's trainable variables (or gradients): only their number and
+    dtypes are read. Safe to build inside a ``tf.function`` (the variables are created
+    outside the trace, once). ``nonfinite="raise"`` cannot work inside a compiled step
+    (``adagc.TracedRaiseError``); use ``"propagate"`` or ``"zero"`` there.
+    """
+
+    def __init__(
+        self,
+        variables: Sequence[Any],
+        cfg: Any = None,
+        *,
+        names: Sequence[str] | None = None,
+        name: str = "adagc",
+    ) -> None:
+        from adagc import AdaGCConfig, init
+
+        super().__init__(name=name)
+        self.cfg = AdaGCConfig() if cfg is None else cfg
+        self.names = list(names) if names is not None else None
+        with tf.init_scope():  # outside any trace: the variables exist once
+            dtypes = [tf.as_dtype(getattr(v, "dtype", tf.float32)) for v in variables]
+            state = init([tf.zeros((0,), d) for d in dtypes], self.cfg, backend=BACKEND)
+            self.step = tf.Variable(state.step, trainable=False, name="step")
+            self.gamma = tf.Variable(state.gamma, trainable=False, name="gamma")
+            self.seen = tf.Variable(state.seen, trainable=False, name="seen")
+
+    @property
+    def state(self) -> Any:
+        """The current ``AdaGCState`` (tensors read from the variables)."""
+        from adagc import AdaGCState
+
+        return AdaGCState(
+            tf.convert_to_tensor(self.step),
+            tf.convert_to_tensor(self.gamma),
+            tf.convert_to_tensor(self.seen),
+        )
+
+    def assign(self, state: Any) -> None:
+        """Write an ``AdaGCState`` (e.g. from ``adagc.from_portable``) into the variables."""
+        self.step.assign(state.step)
+        self.gamma.assign(state.gamma)
+        self.seen.assign(state.seen)
+
+    def clip(self, grads: Sequence[Any]) -> tuple[list[Any], Any]:
+        """One AdaGC step on ``grads``: returns ``(clipped, stats)`` and keeps the new state."""
+        from adagc import update
+
+        clipped, new, stats = update(
+            list(grads), self.state, self.cfg, backend=BACKEND, names=self.names
+        )
+        self.assign(new)
+        return clipped, stats
 
 
 def make_like(device: str) -> tf.Tensor:
