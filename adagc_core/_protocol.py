@@ -5,8 +5,8 @@ multi-tensor: the two heavy operations take the whole list of gradients, so a ba
 fuse them (torch foreach, one XLA computation, CuPy kernels). Everything else works on small
 vectors of length T (one entry per tensor) and 0-d scalars.
 
-Backend arrays must have a hashable ``.dtype`` attribute (the Array API standard's), and
-Python's arithmetic and comparison
+Backend arrays must have a hashable ``.dtype`` attribute (the Array API standard's; the core
+groups gradients by it before asking ``dtype_name``), and Python's arithmetic and comparison
 operators (``+ - * /``, ``< <= > >= ==``) with each other and with Python scalars, keeping the
 array's floating dtype (NumPy >= 2, torch, JAX and Paddle all do).
 
@@ -34,7 +34,14 @@ Array = Any
 """A backend array (numpy.ndarray, torch.Tensor, jax.Array, paddle.Tensor, cupy.ndarray)."""
 
 DType = Literal["float16", "bfloat16", "float32", "float64", "bool", "int"]
-"""Dtype names used across the protocol. ``"int"`` is the backend's default integer."""
+"""Dtype names used across the protocol.
+
+``"int"`` is the dtype of the step counter ``state.step`` and of ``stats.num_clipped``: a
+signed integer of at least 32 bits, the framework's usual one (int64 for NumPy, torch, Paddle
+and TensorFlow; int32 for JAX without x64). It must hold ``warmup_steps`` and the number of
+tensors, compare with Python ints (``step < warmup_steps``), add them (``step + 1``) and
+``sum`` a vector of them; ``asarray(0, "int")`` makes a 0-d one. Checkpoints store the step
+as a Python int, so the width does not travel with them."""
 
 
 @runtime_checkable
