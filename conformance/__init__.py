@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._harness import Harness, assert_close, make_harness, tolerance
+from ._harness import TOLERANCES, Harness, assert_close, make_harness, tolerance
 
 SUITE_DIR = Path(__file__).parent / "suite"
 GOLDENS_DIR = Path(__file__).parent / "goldens"
@@ -21,6 +21,7 @@ GOLDENS_DIR = Path(__file__).parent / "goldens"
 __all__ = [
     "GOLDENS_DIR",
     "SUITE_DIR",
+    "TOLERANCES",
     "Harness",
     "assert_close",
     "make_harness",

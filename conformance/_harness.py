@@ -4,11 +4,16 @@ A backend is named by its registered name (``numpy``, ``torch``, ...) or by the 
 of a third-party backend (a module defining ``BACKEND``). The module may also define, all
 optional:
 
-- ``CONFORMANCE_DTYPES``: the float dtypes to test (default ``("float32", "float64")``);
+- ``CONFORMANCE_DTYPES``: the float dtypes to test (default ``("float32", "float64")``), each
+  compared at its ``TOLERANCES`` entry (a dtype without one is refused);
 - ``make_like(device) -> array``: an array on ``device`` (e.g. ``"cuda"``) that the suite passes
   as ``like=`` when it creates arrays, for ``--device``;
 - ``jit_update(cfg) -> fn``: a compiled ``fn(grads, state) -> (clipped, state, stats)`` for
-  ``--jit`` (JAX).
+  ``--jit`` (JAX, TensorFlow). It gets real arrays and must handle ties and
+  ``nonfinite="raise"`` as eagerly: build it with ``adagc.jit_step(compile, cfg)``.
+
+Every result is checked to be on the harness's device (``Harness.home``), with or without
+``--device``, wherever the backend's ``device`` reports one.
 """
 
 from __future__ import annotations
