@@ -25,6 +25,8 @@ OPTIONAL = {
     "optax",
     "paddle",
     "cupy",
+    "tensorflow",
+    "keras",
     "matplotlib",
     "tqdm",
     "pytest",
