@@ -4,6 +4,7 @@
     nox -s conformance                  # every backend row of CONFORMANCE below
     nox -s "conformance(backend='numpy')"
     nox -s torch distributed-torch paddle paddleformers jax distributed-jax cross-framework lab
+    nox -s tensorflow                   # TensorFlow / Keras 3 (tests/tensorflow)
     nox -s kernels                      # the CUDA fast path without a GPU (NVRTC, planner, mirror)
     ADAGC_GPU=1 nox -s "conformance(backend='cupy')"   # on a machine with a GPU
 
@@ -65,6 +66,9 @@ CONFORMANCE = [
     # (which JAX has only with x64 enabled).
     Row("jax", "jax", "jax,test", (Pass(), Pass(("--jit",)), Pass(env=X64))),
     Row("cupy", "cupy", "cupy,test", gpu=True),
+    # TensorFlow eagerly and inside tf.function (jit_update, no XLA: see docs/tensorflow.md),
+    # with the CPU-only build (the tensorflow-cpu extra) to keep the download small.
+    Row("tensorflow", "tensorflow", "tensorflow-cpu,test", (Pass(), Pass(("--jit",)))),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
@@ -208,6 +212,15 @@ def distributed_jax(session: nox.Session) -> None:
     session.run("pytest", "tests/jax_distributed", "-q", *junit(session), *session.posargs)
 
 
+@nox.session(python=PYTHON, name="tensorflow")
+def tensorflow_keras(session: nox.Session) -> None:
+    """TensorFlow / Keras 3: IndexedSlices, update inside tf.function (no AutoGraph warning,
+    'raise' refused clearly), jit_update ties and 'raise', XLA on small layouts, and
+    docs/tensorflow.md as written (GradientTape loop, VariableState, model.fit)."""
+    install(session, "tensorflow-cpu,test")
+    session.run("pytest", "tests/tensorflow", "-q", *junit(session), *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def kernels(session: nox.Session) -> None:
     """The CuPy CUDA fast path, checked without a GPU: every kernel compiles through NVRTC with
@@ -304,6 +317,7 @@ nox.options.sessions = [
     "paddleformers",
     "jax",
     "distributed-jax",
+    "tensorflow",
     "cross-framework",
     "kernels",
     "compat",
