@@ -13,12 +13,11 @@ TensorFlow op, so the core's generic algorithm runs eagerly and traces as is ins
 - Scaling: every tensor is multiplied by its coefficient on its device; half-precision tensors
   are multiplied in float32 and rounded once.
 - **Sparse gradients** (``tf.IndexedSlices``, what ``tape.gradient`` returns for an embedding
-  lookup or ``tf.gather``): the norm is that of the dense gradient they stand for, so values at
+  lookup or ``tf.gather``): the norm is that of the dense gradient they stand for, so rows at
   duplicate indices are summed first (``tf.unique`` + ``unsorted_segment_sum``, as Keras'
-  optimizers deduplicate); the result stays sparse: ``tf.IndexedSlices`` with the same
-  indices and dense shape and the values scaled (scaling is linear, so duplicates need no
-  merging there). ``tf.unique`` has a data-dependent shape, so sparse gradients are for eager
-  and ``tf.function`` steps; under ``jit_compile=True`` pass ``tf.convert_to_tensor(g)``.
+  optimizers deduplicate; XLA compiles it too); the result stays sparse:
+  ``tf.IndexedSlices`` with the same indices and dense shape and the values scaled (scaling
+  is linear, so duplicates need no merging there).
 - Graph mode: :func:`jit_update` compiles the step with ``tf.function`` through
   ``adagc.jit_step``, which handles tied tensors and ``nonfinite="raise"`` outside the trace.
   ``update`` inside a user's own ``tf.function`` works too (ties by object identity still

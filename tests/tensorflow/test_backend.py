@@ -63,7 +63,7 @@ def test_indexed_slices_with_dense_and_zero_policy() -> None:
     assert np.all(out[0].numpy() == 0) and np.all(out[1].values.numpy() == 0)
 
 
-def test_indexed_slices_in_tf_function_and_jit_update() -> None:
+def test_indexed_slices_in_tf_function_jit_update_and_xla() -> None:
     s = _slices(np.array([[3.0, 0.0], [1.0, 0.0]]), [1, 1], 4)
     cfg = AdaGCConfig(warmup_steps=1, lambda_abs=1.0)
     state = adagc.init([s], cfg)
@@ -75,8 +75,11 @@ def test_indexed_slices_in_tf_function_and_jit_update() -> None:
     (out,), _, stats = step(s, state)
     assert abs(float(stats.norms[0]) - 4.0) < 1e-6
     np.testing.assert_allclose(out.values.numpy(), [[0.75, 0.0], [0.25, 0.0]], rtol=1e-5)
-    (out2,), _, _ = tfb.jit_update(cfg)([s], state)
-    np.testing.assert_allclose(out2.values.numpy(), out.values.numpy(), rtol=1e-6)
+    for xla in (False, True):
+        (out2,), _, stats2 = tfb.jit_update(cfg, jit_compile=xla)([s], state)
+        assert isinstance(out2, tf.IndexedSlices)
+        np.testing.assert_allclose(out2.values.numpy(), out.values.numpy(), rtol=1e-6)
+        assert abs(float(stats2.norms[0]) - 4.0) < 1e-6
 
 
 def test_no_autograph_warning_inside_tf_function(caplog: pytest.LogCaptureFixture) -> None:
