@@ -61,8 +61,11 @@ _HALF = frozenset({tf.float16, tf.bfloat16})
 _NAMES: dict[Any, str] = {}
 _CHUNK = 1 << 16
 
-CONFORMANCE_DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
-"""Every float TensorFlow has; the suite compares 16-bit runs with its 16-bit tolerances."""
+CONFORMANCE_DTYPES: tuple[str, ...] = tuple(
+    os.environ.get("ADAGC_TF_DTYPES", "float32,float64,float16,bfloat16").split(",")
+)
+"""Every float TensorFlow has (the suite compares 16-bit runs with its 16-bit tolerances);
+``ADAGC_TF_DTYPES=float32`` narrows a run (the nox row's ``--jit`` pass, to keep CI short)."""
 
 
 def is_traced(x: Any) -> bool:
