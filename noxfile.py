@@ -56,6 +56,7 @@ class Row:
 
 
 X64 = (("JAX_ENABLE_X64", "1"),)
+TF32 = (("ADAGC_TF_DTYPES", "float32"),)
 
 # Porting to a new framework = a backend module + one row here.
 CONFORMANCE = [
@@ -66,9 +67,9 @@ CONFORMANCE = [
     # (which JAX has only with x64 enabled).
     Row("jax", "jax", "jax,test", (Pass(), Pass(("--jit",)), Pass(env=X64))),
     Row("cupy", "cupy", "cupy,test", gpu=True),
-    # TensorFlow eagerly and inside tf.function (jit_update, no XLA: see docs/tensorflow.md),
-    # with the CPU-only build (the tensorflow-cpu extra) to keep the download small.
-    Row("tensorflow", "tensorflow", "tensorflow-cpu,test", (Pass(), Pass(("--jit",)))),
+    # TensorFlow eagerly in its four float dtypes, and inside tf.function (jit_update, no XLA:
+    # see docs/tensorflow.md) in float32, with the CPU-only build (the tensorflow-cpu extra).
+    Row("tensorflow", "tensorflow", "tensorflow-cpu,test", (Pass(), Pass(("--jit",), TF32))),
 ]
 ROWS = {r.name: r for r in CONFORMANCE if GPU or not r.gpu}
 
