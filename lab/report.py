@@ -170,6 +170,8 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
         n_panels, 1, figsize=(10, 2.6 * n_panels + 1), sharex=True, squeeze=False
     )
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    # adagc-raw often coincides with adagc: dashed, so both stay visible
+    styles = {m: "--" if m.endswith("-raw") else "-" for m in methods}
     ax = axes[0][0]
     for m in methods:
         run = next(
@@ -177,9 +179,9 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             next(r for r in results if r.method == m and r.seed == seed),
         )
         shown = [math.nan if t in set(run.injected) else v for t, v in enumerate(run.losses)]
-        ax.plot(_smooth(shown), label=m, lw=1.4, color=colors[m])
+        ax.plot(_smooth(shown), label=m, lw=1.4, color=colors[m], ls=styles[m])
     ax.set_ylabel("training loss (5-step mean;\ninjected batch left out)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title.replace("; ", ";\n", 1), fontsize=9)
     if has_clean:
         bx = axes[1][0]
         for m in methods:
@@ -188,7 +190,7 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             gap = [a - b for a, b in zip(f.losses, c.losses)]
             for t in f.injected:
                 gap[t] = math.nan  # the outlier batch's own loss is the data's, not damage
-            bx.plot(_smooth(gap), label=m, lw=1.4, color=colors[m])
+            bx.plot(_smooth(gap), label=m, lw=1.4, color=colors[m], ls=styles[m])
         bx.axhline(0, color="grey", lw=0.8)
         bx.set_ylabel("damage: faulted - clean loss")
     cx, dx = axes[-2][0], axes[-1][0]
@@ -197,8 +199,8 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
             (r for r in results if r.method == m and r.seed == seed and not r.faulted),
             next(r for r in results if r.method == m and r.seed == seed),
         )
-        cx.plot(_smooth(run.frac_clipped), lw=1.2, color=colors[m], label=m)
-        dx.plot(run.coef_median, lw=1.2, color=colors[m])
+        cx.plot(_smooth(run.frac_clipped), lw=1.2, color=colors[m], ls=styles[m], label=m)
+        dx.plot(run.coef_median, lw=1.2, color=colors[m], ls=styles[m])
         dx.plot(run.coef_min, lw=0.8, ls=":", color=colors[m])
     which = "clean run" if has_clean else "run"
     cx.set_ylabel(f"fraction of tensors clipped\n(5-step mean, {which})")
@@ -206,19 +208,20 @@ def plot(results: list[RunResult], faults: list[Fault], path: Path, title: str) 
     dx.set_ylabel(f"coefficient h ({which}):\nmedian solid, min dotted")
     dx.set_yscale("log")
     dx.axhline(1.0, color="grey", lw=0.8)
-    for row in axes:
+    for i, row in enumerate(axes):
         a = row[0]
         for fault in faults:
             a.axvline(fault.step, color="red", ls="--", lw=0.8)
-            a.text(
-                fault.step,
-                a.get_ylim()[1],
-                " " + fault.describe(),
-                color="red",
-                fontsize=7,
-                va="top",
-                rotation=90,
-            )
+            if i == 0:  # named once, on the top panel
+                a.text(
+                    fault.step,
+                    a.get_ylim()[1],
+                    " " + fault.describe(),
+                    color="red",
+                    fontsize=7,
+                    va="top",
+                    rotation=90,
+                )
     axes[-1][0].set_xlabel("step")
     axes[0][0].legend(fontsize=8, ncol=4)
     fig.tight_layout()

@@ -190,52 +190,54 @@ def format_sweep_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_sweep(records: list[dict[str, Any]], path: Path, title: str, baseline: float) -> None:
+    """Final validation loss against peak LR, one line per method (mean over seeds, band
+    min-max); left the whole range (capped at the loss at init), right zoomed on the runs
+    that learned (below the unigram loss)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     loss0 = _mean([r["init_loss"] for r in records])
+    lowest = loss0
     for m in dict.fromkeys(r["method"] for r in records):
         recs = [r for r in records if r["method"] == m]
         lrs = sorted({r["lr"] for r in recs})
-        per = [[r["val_loss"] for r in recs if r["lr"] == lr] for lr in lrs]
+        per = [[_nan(r["val_loss"]) for r in recs if r["lr"] == lr] for lr in lrs]
         shown = [[loss0 if math.isnan(v) else min(v, loss0) for v in vs] for vs in per]
         mean = [sum(v) / len(v) for v in shown]
-        (line,) = ax.plot(lrs, mean, marker="o", ms=3, lw=1.4, label=m)
-        ax.fill_between(
-            lrs,
-            [min(v) for v in shown],
-            [max(v) for v in shown],
-            color=line.get_color(),
-            alpha=0.15,
-        )
+        lowest = min(lowest, *(min(v) for v in shown))
         div = [
             (lr, mu)
             for lr, mu in zip(lrs, mean)
             if any(r["diverged"] for r in recs if r["lr"] == lr)
         ]
-        if div:
-            xs, ys = zip(*div)
-            ax.scatter(xs, ys, marker="x", color=line.get_color(), s=40, zorder=3)
-    ax.axhline(baseline, color="grey", ls=":", lw=0.9)
-    ax.text(
-        ax.get_xlim()[0],
-        baseline,
-        " unigram (byte-frequency) loss",
-        color="grey",
-        fontsize=7,
-        va="bottom",
+        for ax in axes:
+            (line,) = ax.plot(lrs, mean, marker="o", ms=3, lw=1.4, label=m)
+            lo, hi = [min(v) for v in shown], [max(v) for v in shown]
+            ax.fill_between(lrs, lo, hi, color=line.get_color(), alpha=0.15)
+            if div:
+                xs, ys = zip(*div)
+                ax.scatter(xs, ys, marker="x", color=line.get_color(), s=40, zorder=3)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.axhline(baseline, color="grey", ls=":", lw=0.9, label="unigram (byte-frequency) loss")
+        ax.set_xlabel("peak learning rate")
+    axes[0].set_ylabel(f"final validation loss (capped at the loss at init, {loss0:.2f})")
+    axes[1].set_ylim(lowest - 0.02, baseline + 0.08)
+    axes[1].set_title("zoomed: runs that learned more than byte frequencies", fontsize=9)
+    axes[0].set_title(
+        title + "\nline: mean over seeds, band: min-max; x: a diverged run", fontsize=9
     )
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"final validation loss (capped at loss at init {loss0:.2f})")
-    ax.set_title(title + "\nline: mean over seeds, band: min-max; x: a diverged run", fontsize=9)
-    ax.legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
 
 
 def _json_safe(x: Any) -> Any:
