@@ -289,7 +289,8 @@ def _sweep(
     m = cfg.model
     print(
         f"adagc-lab --sweep-lr: {ns.preset} preset ({m.n_layer}-layer d{m.d_model}), "
-        f"{cfg.steps} steps x {len(lrs)} LRs x {len(methods)} methods x {seeds} seed(s), "
+        f"{cfg.steps} steps x {len(lrs)} LRs x {len(methods)} methods ({', '.join(methods)}) "
+        f"x {seeds} seed(s), "
         f"clean, {ns.optimizer} wd {cfg.weight_decay:g}; LRs {', '.join(f'{x:g}' for x in lrs)}"
     )
     records = []
