@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
-__all__ = ["move_to_front"]
+__all__ = ["disable_global_clipping", "move_to_front"]
+
+
+def disable_global_clipping(args: Any, why: str) -> None:
+    """Set the trainer's ``max_grad_norm`` to 0, with a warning saying ``why`` (the trainer
+    would clip globally too); called from the callback's own event handler."""
+    if args.max_grad_norm and args.max_grad_norm > 0:
+        warnings.warn(
+            f"AdaGCCallback: TrainingArguments.max_grad_norm={args.max_grad_norm} would clip "
+            f"globally {why}; set to 0 (AdaGC's warmup max norm is lambda_abs)",
+            stacklevel=2,
+        )
+        args.max_grad_norm = 0.0
 
 
 def move_to_front(callback: Any, handler_type: Any) -> None:

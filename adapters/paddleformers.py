@@ -34,7 +34,7 @@ import paddle
 from paddleformers.trainer import TrainerCallback
 from paddleformers.trainer.trainer_callback import CallbackHandler
 
-from adagc.adapters._callbacks import move_to_front
+from adagc.adapters._callbacks import disable_global_clipping, move_to_front
 from adagc.adapters.paddle import ClipGradByAdaGC
 
 __all__ = ["STATE_FILE", "AdaGCCallback"]
@@ -73,17 +73,8 @@ class AdaGCCallback(TrainerCallback):
         self.clip = ClipGradByAdaGC(**kwargs)
         self.log_metrics = log_metrics
 
-    def _disable_global_clipping(self, args: Any) -> None:
-        if args.max_grad_norm and args.max_grad_norm > 0:
-            warnings.warn(
-                f"AdaGCCallback: TrainingArguments.max_grad_norm={args.max_grad_norm} would clip "
-                "globally as well as AdaGC; set to 0 (AdaGC's warmup max norm is lambda_abs)",
-                stacklevel=2,
-            )
-            args.max_grad_norm = 0.0
-
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._disable_global_clipping(args)
+        disable_global_clipping(args, "as well as AdaGC")
         move_to_front(self, CallbackHandler)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -22,13 +22,12 @@ Trainer puts the reporting callbacks (TensorBoard, W&B, ...) before the user's, 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 import transformers
 
-from adagc.adapters._callbacks import move_to_front
+from adagc.adapters._callbacks import disable_global_clipping, move_to_front
 from adagc.adapters.torch import AdaGC
 
 __all__ = ["AdaGCCallback"]
@@ -55,21 +54,12 @@ class AdaGCCallback(transformers.TrainerCallback):
         self._model: Any = None
         AdaGC([torch.zeros(1)], **kwargs)  # validate the config now, not at train start
 
-    def _disable_global_clipping(self, args: Any) -> None:
-        if args.max_grad_norm and args.max_grad_norm > 0:
-            warnings.warn(
-                f"AdaGCCallback: TrainingArguments.max_grad_norm={args.max_grad_norm} would clip "
-                "globally before AdaGC; set to 0 (AdaGC's warmup max norm is lambda_abs)",
-                stacklevel=2,
-            )
-            args.max_grad_norm = 0.0
-
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._disable_global_clipping(args)
+        disable_global_clipping(args, "before AdaGC")
         move_to_front(self, transformers.trainer_callback.CallbackHandler)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._disable_global_clipping(args)  # also when args changed after Trainer(...)
+        disable_global_clipping(args, "before AdaGC")  # also when args changed after Trainer(...)
         model, optimizer = kwargs["model"], kwargs["optimizer"]
         if self.clipper is None or self._model is not model:
             self.clipper = AdaGC(model.named_parameters(), **self.kwargs)

@@ -129,7 +129,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 for c in cols
             ]
         )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return aligned(cells)
+
+
+def aligned(cells: list[list[str]]) -> str:
+    """Rows of cells as text columns: the first left-aligned, the rest right-aligned, a rule
+    under the header row."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = [
         "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
         for row in cells

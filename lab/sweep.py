@@ -25,6 +25,7 @@ import torch
 import adagc
 
 from .data import Corpus
+from .report import aligned
 from .train import RunResult
 
 __all__ = [
@@ -180,13 +181,7 @@ def format_sweep_table(rows: list[dict[str, Any]]) -> str:
             ]
             + [f"{x:.3f}" for x in r["curve"]]
         )
-    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-    lines = [
-        "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths)))
-        for c in cells
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return aligned(cells)
 
 
 def plot_sweep(records: list[dict[str, Any]], path: Path, title: str, baseline: float) -> None:
