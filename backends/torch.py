@@ -93,24 +93,49 @@ _STRIDED = torch.strided
 _numel = torch.Tensor.numel
 
 
-_BLOCK = 1 << 18  # elements per BLAS dot of a large float32/float64 tensor
+_BLOCK = 1 << 19  # elements per BLAS dot of a large float32/float64 tensor
+_SEGMENTS: dict[tuple[int, ...], torch.Tensor] = {}
 
 
-def _large_sum_squares(g: torch.Tensor, acc: torch.dtype | None) -> torch.Tensor:
-    """The sum of squares of a large CPU tensor as a float64 0-d tensor, no rescaling (a
-    block or total beyond float32 is Inf once cast back).
+def _segments(counts: tuple[int, ...]) -> torch.Tensor:
+    """Which tensor each block belongs to, built once per layout (``index_add_``'s index)."""
+    seg = _SEGMENTS.get(counts)
+    if seg is None:
+        if len(_SEGMENTS) > 64:
+            _SEGMENTS.clear()
+        seg = _SEGMENTS[counts] = torch.repeat_interleave(torch.tensor(counts))
+    return seg
 
-    - float32/float64: BLAS dot products (``torch.dot``: one read, no temporary) of blocks of
-      262,144 elements, added in float64: 4e-8 relative at 1.3e8 float32 elements, at the
-      speed of one read of the tensor (measured: docs/benchmarks.md).
+
+def _large_sum_squares(group: Sequence[torch.Tensor], acc: torch.dtype | None) -> torch.Tensor:
+    """The sums of squares of large CPU tensors as a float64 vector, no rescaling (a block or
+    total beyond float32 is Inf once cast back).
+
+    - float32/float64: BLAS dot products (``torch.dot``: one read, no temporary, on torch's
+      threads) of blocks of 524,288 elements, added in float64: 1.2e-7 relative at 1.3e8
+      float32 elements, at the speed of one read of the tensors (docs/benchmarks.md). Every
+      tensor's blocks go through one list, one stack and one ``index_add_``: per-tensor small
+      ops cost ~2 ms a step on GPT-2's 50 large tensors.
     - float16/bfloat16: norms of rows of 1,024 elements accumulated in float32 (torch's CPU
       half reductions drift sooner, and ``torch.dot`` would accumulate in the half type),
       squared and added in float64.
     """
-    flat = g.reshape(-1)  # a view for contiguous tensors
     if acc is None:
-        return torch.stack([torch.dot(b, b) for b in flat.split(_BLOCK)]).double().sum()
+        blocks: list[torch.Tensor] = []
+        counts = []
+        for g in group:
+            parts = g.reshape(-1).split(_BLOCK)  # views for contiguous tensors
+            blocks += parts
+            counts.append(len(parts))
+        dots = torch.stack([torch.dot(b, b) for b in blocks]).double()
+        out = torch.zeros(len(group), dtype=torch.float64)
+        return out.index_add_(0, _segments(tuple(counts)), dots)
+    return torch.stack([_half_sum_squares(g, acc) for g in group])
+
+
+def _half_sum_squares(g: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     width = 1024
+    flat = g.reshape(-1)
     n = flat.numel()
     m = n - n % width
     total = torch.linalg.vector_norm(flat[:m].view(-1, width), dim=1, dtype=acc).double()
@@ -212,10 +237,12 @@ class TorchBackend:
                 _reject_layouts(tensors)
                 raise
             if big:
-                squares = [n.to(out_dtype).square() for n in norms]
-                for k in big:
-                    squares.insert(k, _large_sum_squares(group[k], acc).to(out_dtype))
-                sq = torch.stack(squares)
+                sq = torch.empty(len(group), dtype=out_dtype)
+                large = _large_sum_squares([group[k] for k in big], acc)
+                sq[_index(big, sq.device)] = large.to(out_dtype)
+                if norms:
+                    rest = [k for k in range(len(group)) if k not in skip]
+                    sq[_index(rest, sq.device)] = torch.stack(norms).to(out_dtype).square()
             else:
                 sq = torch.stack(norms).to(out_dtype)
                 sq = sq * sq  # squares of norms: Inf where the sum overflowed
