@@ -6,7 +6,8 @@ decisions are ``jnp.where`` on arrays, with no Python ``if`` on values.
 
 - Norms: ``sum(g * g)`` per tensor, accumulated in float32 for float16/bfloat16 (cast first)
   and in the tensor's own dtype otherwise, with no rescaling, so an overflowing float32 sum of
-  squares is Inf (spec §3).
+  squares is Inf (spec §3). Eight or more small tensors (up to 16,384 elements) of one shape,
+  dtype and sharding are stacked and reduced along rows instead, in one kernel (``_stacks``).
 - Scaling: every tensor is multiplied by its coefficient on the device (there is nothing to
   skip without a host read); half-precision tensors are multiplied in float32 and rounded once.
 - ``fused_update``: outside a trace, ``adagc.update`` on JAX arrays runs the same generic
@@ -83,6 +84,33 @@ def _materialize(v: Any) -> Any:
     return jax.lax.sort((index, v), num_keys=1)[1]
 
 
+_STACK_MAX = 1 << 14
+"""Tensors of at most this many elements (64 KiB of float32) may be reduced in a stack."""
+_STACK_MIN = 8
+"""Fewest tensors of one shape, dtype and sharding that are stacked."""
+
+
+def _sharding(g: Any) -> Any:
+    """The sharding JAX's type carries (explicit-sharding mode), part of a stack's key: a
+    stack of differently sharded operands is an error there. ``None`` where there is none."""
+    try:
+        return getattr(g.aval, "sharding", None)
+    except AttributeError:
+        return None
+
+
+def _stacks(tensors: Sequence[Any]) -> list[list[int]]:
+    """Positions of the small tensors to reduce as stacks, one list per (shape, dtype,
+    sharding) with at least ``_STACK_MIN`` members. XLA:CPU runs one kernel or more per
+    reduction, at ~1.5 us each; a copy of up to 64 KiB costs less than that. On 4,000 tensors
+    of 4 sizes: 4.9 ms against 5.5 ms for the norms, and a quarter of the compile time."""
+    groups: dict[Any, list[int]] = {}
+    for i, g in enumerate(tensors):
+        if g is not None and g.size <= _STACK_MAX:
+            groups.setdefault((g.shape, g.dtype, _sharding(g)), []).append(i)
+    return [idx for idx in groups.values() if len(idx) >= _STACK_MIN]
+
+
 class JaxBackend:
     """The ``ArrayBackend`` protocol for ``jax.Array``."""
 
@@ -125,17 +153,36 @@ class JaxBackend:
     # -- multi-tensor operations ---------------------------------------------------------
     def sum_squares(self, tensors: Sequence[Any], dtype: DType) -> jax.Array:
         out_dtype = _jnp_dtype(dtype)
-        sums = []
-        for g in tensors:
+        # Small tensors that share a shape, dtype and sharding are reduced as one stack
+        # (_stacks); the rest one reduction each. The vector is put back in order at the end.
+        stacks = _stacks(tensors)
+        stacked = {i for idx in stacks for i in idx}
+        parts, order = [], []
+        singles = []
+        for i, g in enumerate(tensors):
+            if i in stacked:
+                continue
+            order.append(i)
             if g is None:
-                sums.append(jnp.zeros((), out_dtype))
+                singles.append(jnp.zeros((), out_dtype))
                 continue
             if self.dtype_name(g) in _HALF:
                 g = g.astype(jnp.float32)  # a float16 sum of squares overflows at 65504
             # A fused square-and-reduce, not vdot: dot products of sharded operands are an
             # error in JAX's explicit-sharding mode, and a reduction needs no reshape.
-            sums.append(jnp.sum(g * g).astype(out_dtype))
-        return _materialize(jnp.stack(sums))
+            singles.append(jnp.sum(g * g).astype(out_dtype))
+        if singles:
+            parts.append(jnp.stack(singles))
+        for idx in stacks:
+            x = jnp.stack([tensors[i] for i in idx]).reshape(len(idx), -1)
+            if self.dtype_name(x) in _HALF:
+                x = x.astype(jnp.float32)
+            parts.append(jnp.sum(x * x, axis=1).astype(out_dtype))
+            order += idx
+        sq = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        if stacks:
+            sq = sq[np.argsort(np.asarray(order))]  # a static permutation: one gather
+        return _materialize(sq)
 
     def scale(
         self,

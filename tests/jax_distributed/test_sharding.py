@@ -7,6 +7,7 @@ own norm with only the 2-element flag/warmup-norm ``psum``; data-parallel gradie
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -106,6 +107,49 @@ def test_named_sharding_under_jit_equals_unsharded(mesh) -> None:
         for k, spec in SPECS.items():  # clipping keeps the layout
             assert out[k].sharding.is_equivalent_to(NamedSharding(mesh, spec), out[k].ndim)
     assert int(state.step) == STEPS
+
+
+def _many_small(step: int) -> list[np.ndarray]:
+    """20 leaves of one small shape (stacked for their norms by the JAX backend), a spike in
+    leaf 5 at step 3."""
+    rng = np.random.default_rng(100 + step)
+    leaves = [(rng.normal(size=(8,)) * 0.3).astype(np.float32) for _ in range(20)]
+    if step == 3:
+        leaves[5] *= 40
+    return leaves
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["auto", "explicit"])
+def test_stacked_small_leaves_of_two_shardings_equal_unsharded(explicit: bool) -> None:
+    """Half the leaves sharded over x, half replicated: the backend stacks same-shape small
+    leaves per sharding (in explicit-sharding mode a stack of mixed shardings is an error)."""
+    from adagc.backends import jax as jax_backend
+
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    if explicit and (axis_type is None or not hasattr(jax, "set_mesh")):
+        pytest.skip("this JAX has no explicit-sharding mode")
+    kw = {"axis_types": (axis_type.Explicit,)} if explicit else {}
+    mesh = jax.make_mesh((4,), ("x",), **kw)
+    specs = [P("x") if i % 2 else P() for i in range(20)]
+    hosts = [_many_small(s) for s in range(6)]
+    state_np = adagc.init(hosts[0], CFG)
+    with jax.set_mesh(mesh) if explicit else contextlib.nullcontext():
+        placed = [
+            [jax.device_put(h, NamedSharding(mesh, sp)) for h, sp in zip(t, specs)] for t in hosts
+        ]
+        assert len(jax_backend._stacks(placed[0])) == 2  # one stack per sharding
+        tx = adagc_tx(**KW)
+        state = tx.init(placed[0])
+        update = jax.jit(tx.update)
+        clipped: list[int] = []
+        for step, (t, host) in enumerate(zip(placed, hosts)):
+            out, state = update(t, state)
+            want, state_np, stats = adagc.update(host, state_np, CFG)
+            clipped.append(int(stats.num_clipped))
+            for i, (a, e) in enumerate(zip(out, want)):
+                np.testing.assert_allclose(np.asarray(a), e, rtol=1e-6, err_msg=f"{step} {i}")
+    assert int(state.step) == 6
+    assert clipped[3] >= 1  # the spike, after the 3 warmup steps
 
 
 def _shard_mapped(tx: Any, mesh: Any, specs: Any, state: Any, axis: Any = None) -> Any:
